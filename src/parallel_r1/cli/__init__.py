@@ -1,0 +1,23 @@
+"""The one ``parallel-r1`` command; each sub-command is a thin wrapper over the library."""
+
+from __future__ import annotations
+
+import typer
+
+from parallel_r1.cli.score import score
+
+app = typer.Typer(
+    name="parallel-r1",
+    help="Parallel-R1: teach language models parallel thinking with reinforcement learning.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+bench_app = typer.Typer(help="Benchmarks: each prints one JSON object as its last stdout line.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+app.command("score")(score)
+
+
+def main() -> None:  # pragma: no cover - console-script shim
+    app()
