@@ -7,6 +7,8 @@ Large inputs are judged by a pool of worker processes (judging is CPU-bound: par
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import sys
@@ -113,8 +115,8 @@ def _progress(total: int | None):
 
 
 def _open_in(path: str):
-    if path == "-":
-        return open(sys.stdin.fileno(), encoding="utf-8", errors="replace", closefd=False)
+    if path == "-":  # undecodable bytes become U+FFFD, so junk is a bad JSON line, not a crash
+        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
     if not Path(path).is_file():
         raise typer.BadParameter(f"no such file: {path}", param_hint="--input")
     return open(path, encoding="utf-8", errors="replace")
@@ -122,7 +124,7 @@ def _open_in(path: str):
 
 def _open_out(path: str):
     if path == "-":
-        return open(sys.stdout.fileno(), "w", encoding="utf-8", closefd=False)
+        return contextlib.nullcontext(sys.stdout)
     return open(path, "w", encoding="utf-8")
 
 
