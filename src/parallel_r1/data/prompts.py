@@ -1,0 +1,88 @@
+"""Prompt templates: the project's own parallel and sequential prompts, or a template read from a file.
+
+A template is plain text with one or more ``{problem}`` placeholders. ``render`` substitutes the
+problem text literally (``str.replace``, not ``str.format``), so templates may hold other braces such
+as ``\\boxed{}`` without escaping. Names: ``parallel`` (the default), ``sequential``, or a path.
+
+Departures from the paper (PAPER.md section 2):
+1. ``PARALLEL`` states the same rules as the reference teacher/SFT/RL prompt (insert a block where
+   independent perspectives help; at least two independent ``<Path>``s with no cross-references;
+   ``</Parallel>`` then a concise ``<Summary>``; repeat as needed; end with ``Final Answer:``) in the
+   project's own words. Released checkpoints were trained on the reference wording: to evaluate them,
+   pass ``../shared/data/prompts/reference_parallel_prompt.txt`` as the template.
+2. ``SEQUENTIAL`` is the baseline: the problem, then an instruction to reason step by step and give
+   the answer after ``Final Answer:``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from parallel_r1.data.problem import Problem
+
+PLACEHOLDER = "{problem}"
+
+PARALLEL = """\
+Work through the problem below step by step.
+
+At any point where the reasoning could gain from looking at the step in more than one independent \
+way (a second method, a check, a different case), open a parallel block:
+- Start the block with <Parallel>.
+- Inside it, write two or more reasoning paths, each wrapped in <Path> and </Path>.
+- Every path must stand on its own: the paths are produced at the same time, so no path may refer to \
+another path, to an order between them, or to what another one found.
+- End the block with </Parallel>, and right after it condense what the paths showed into a short \
+<Summary> ... </Summary>.
+Use as many blocks as the problem calls for, wherever they help; let them fit into the reasoning \
+without announcing them.
+
+Finish with a last line of the form "Final Answer: <answer>".
+
+Problem: {problem}"""
+
+SEQUENTIAL = """\
+{problem}
+Reason through this step by step, then write the final answer on a last line after "Final Answer: "."""
+
+TEMPLATES = {"parallel": PARALLEL, "sequential": SEQUENTIAL}
+DEFAULT_TEMPLATE = "parallel"
+
+
+class TemplateError(ValueError):
+    """A template that cannot be used; the message names the template."""
+
+
+def load_template(spec: str | Path = DEFAULT_TEMPLATE) -> str:
+    """A template by name (``parallel`` | ``sequential``) or from a UTF-8 text file."""
+    spec_text = str(spec)
+    if spec_text in TEMPLATES:
+        return TEMPLATES[spec_text]
+    path = Path(spec_text).expanduser()
+    if not path.is_file():
+        raise TemplateError(
+            f"unknown prompt template {spec_text!r}: expected {' or '.join(TEMPLATES)}, "
+            "or a path to a text file holding a {problem} placeholder"
+        )
+    template = path.read_text(encoding="utf-8")
+    check_template(template, name=str(path))
+    return template
+
+
+def template_name(spec: str | Path) -> str:
+    """A short label for logs and run records: the name, or the file's name."""
+    spec_text = str(spec)
+    return spec_text if spec_text in TEMPLATES else Path(spec_text).name
+
+
+def check_template(template: str, name: str = "template") -> None:
+    if PLACEHOLDER not in template:
+        raise TemplateError(f"prompt {name} has no {PLACEHOLDER} placeholder, so the problem would be lost")
+
+
+def render(template: str, problem: Problem | str) -> str:
+    """The prompt for one problem: every ``{problem}`` replaced by the question text."""
+    check_template(template)
+    question = problem.question if isinstance(problem, Problem) else problem
+    if not isinstance(question, str):
+        raise TypeError(f"render() expects a Problem or a str, got {type(problem).__name__}")
+    return template.replace(PLACEHOLDER, question)
