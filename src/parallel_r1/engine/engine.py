@@ -1,0 +1,322 @@
+"""``Engine``: batched branching generation on any Hugging Face causal LM (CPU or GPU).
+
+1. Token in, token out: ``generate(prompts, num_samples, config)`` takes prompt ids and returns one
+   ``Rollout`` per (prompt, sample) with response ids, loss mask, sampling log-probs, block spans and
+   the critical-path length. Text is decoded once at the end, for the record.
+2. All live rollouts advance together: each step every row contributes the tokens it must feed
+   (1 in the main chain or a summary, one per active path in a block, a few more where tags are
+   inserted); rows are right-aligned into one (R, Q) batch with padding queries, and one forward
+   with a 4D mask and explicit position ids serves main chains, paths and summaries alike. Per-row
+   caches were the alternative: they need a forward per phase group, which costs more than the
+   padding on CPU where one forward's fixed overhead dominates a small model. The exception is a
+   row that feeds many tokens at once (seen mode re-encodes a whole block): it runs in a forward of
+   its own over a view of its cache rows, so the others are not padded to its width.
+3. Paths share their row's prefix keys through the mask (see ``kvcache``): nothing is copied or
+   recomputed at a fork. Samples of one prompt share one prefill (the cache row is then repeated).
+4. At most ``max_batch_size`` rows run at once; finished rows are dropped after each step and waiting
+   rollouts are prefilled in groups and appended to the running batch. Padding slots pile up while
+   rows feed different numbers of tokens; when they pass ``compact_above`` of the cache it is
+   re-packed (one gather).
+5. Seeded sampling draws from one generator for the whole call (one uniform per sampled token), so
+   it repeats exactly for the same prompts, config and engine settings (``max_batch_size`` and
+   ``prefill_tokens`` change the order of draws); greedy decoding does not depend on batching.
+6. Differences from the reference engine (PAPER.md section 5): it sends one request per path and
+   recomputes the prefix for each; it samples Unseen models at causal positions. Here unseen mode
+   samples at the structured positions the model is trained with, so sampling log-probs equal the
+   training forward's.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import torch
+
+from parallel_r1.engine.kvcache import PAD_OWNER, RowsView, SlotCache
+from parallel_r1.engine.rows import (
+    RULE_FREE,
+    RULE_MAIN,
+    RULE_MAIN_NO_BLOCK,
+    RULE_PATH,
+    RULE_SUMMARY,
+    Feed,
+    RowState,
+    TagSet,
+)
+from parallel_r1.engine.sampling import (
+    LogitsProcessor,
+    SamplingConfig,
+    assert_alive,
+    make_generator,
+    sample_tokens,
+)
+from parallel_r1.rollout import Rollout
+
+SUPPORTED_ATTENTION = ("sdpa", "eager")
+LONG_FEED = 16  # a row feeding more tokens than this in one step gets a forward of its own
+PREFILL_TOKENS = 16384  # padded prompt tokens per prefill forward (bounds the (U, 1, L, L) mask)
+COMPACT_EVERY = 32  # steps between checks of the cache's dead (padding) share
+
+
+class Engine:
+    """Branching generator bound to one model and tokenizer (the tokenizer must have the six tags).
+
+    tag_ids: tag -> id (default: read from the tokenizer); max_batch_size: rows decoded at once;
+    eos_token_ids: default from the generation config and tokenizer; prefill_tokens: padded prompt
+    tokens per prefill forward; compact_above: share of dead (padding) cache slots above which the
+    cache is re-packed (checked every ``COMPACT_EVERY`` steps).
+    """
+
+    def __init__(self, model, tokenizer, tag_ids: dict[str, int] | None = None,
+                 max_batch_size: int = 64, eos_token_ids: Sequence[int] | None = None,
+                 prefill_tokens: int = PREFILL_TOKENS, compact_above: float = 0.5) -> None:
+        attn = getattr(model.config, "_attn_implementation", None)
+        if attn not in SUPPORTED_ATTENTION:
+            raise ValueError(f"Engine needs attention in {SUPPORTED_ATTENTION} (custom 4D masks), got {attn!r}; "
+                             "load the model with attn_implementation='sdpa'")
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.model, self.tokenizer, self.max_batch_size = model, tokenizer, max_batch_size
+        self.prefill_tokens, self.compact_above = prefill_tokens, compact_above
+        if tag_ids is None:
+            from parallel_r1.structure import tag_ids as lookup_tag_ids
+
+            tag_ids = lookup_tag_ids(tokenizer)
+        self.tag_ids = dict(tag_ids)
+        eos = set(eos_token_ids) if eos_token_ids is not None else _eos_ids(model, tokenizer)
+        self.tags = TagSet.from_tag_ids(self.tag_ids, eos)
+        head = model.get_output_embeddings()
+        self.vocab_size = head.weight.shape[0] if head is not None else model.config.vocab_size  # logits width
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        # transformers 5 renamed ``past_key_values`` to ``cache``; wrappers (PEFT, ...) take **kwargs
+        params = inspect.signature(model.forward).parameters
+        forwards = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        self._cache_kwarg = "cache" if "cache" in params or forwards else "past_key_values"
+        self._has_logits_to_keep = "logits_to_keep" in params or forwards
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    # ---- public ---------------------------------------------------------------------------------
+    def generate(self, prompts: Sequence[Sequence[int]], num_samples: int = 1,
+                 config: SamplingConfig | None = None,
+                 logits_processors: Sequence[LogitsProcessor] = ()) -> list[Rollout]:
+        """Sample ``num_samples`` responses per prompt; rollouts ordered by (prompt, sample)."""
+        config = config or SamplingConfig()
+        config.validate()
+        self._check_prompts(prompts, num_samples)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                rows = self._run(prompts, num_samples, config, list(logits_processors))
+        finally:
+            self.model.train(was_training)
+        find_blocks = self._find_blocks if config.mode == "sequential" else None
+        rollouts = [row.to_rollout(self.tokenizer, find_blocks) for row in rows]
+        return sorted(rollouts, key=lambda r: (r.prompt_index, r.sample_index))
+
+    # ---- loop -----------------------------------------------------------------------------------
+    def _run(self, prompts, num_samples, config, processors) -> list[RowState]:
+        waiting = deque(RowState(list(prompts[i]), i, s, config, self.tags, self._stop_checker(config))
+                        for i in range(len(prompts)) for s in range(num_samples))
+        generator = make_generator(config.seed, self.device)
+        rule_bias = self._rule_bias(config)
+        cache, rows, finished = SlotCache(self.device), [], []
+        sample = _Sampler(config, generator, rule_bias, processors)
+        steps = 0
+        while waiting or rows:
+            steps += 1
+            if steps % COMPACT_EVERY == 0 and rows and cache.dead_fraction() > self.compact_above:
+                cache.compact()  # padding from rows in other phases (kvcache.SlotCache.compact)
+            free = self.max_batch_size - len(rows)
+            if waiting and free >= min(len(waiting), max(1, self.max_batch_size // 4)):
+                group = [waiting.popleft() for _ in range(min(free, len(waiting)))]
+                cache.extend(self._prefill(group, sample))
+                rows += group
+            else:
+                self._step(rows, cache, sample)
+            keep = [i for i, row in enumerate(rows) if not row.done]
+            finished += [row for row in rows if row.done]
+            if len(keep) < len(rows):
+                rows = [rows[i] for i in keep]
+                if rows:
+                    cache.select_rows(keep)
+                    cache.trim_front()
+                else:
+                    cache = SlotCache(self.device)
+        return finished
+
+    def _prefill(self, group: list[RowState], sample: _Sampler) -> SlotCache:
+        """Encode the distinct prompts of ``group`` (left-padded, in chunks of at most ``prefill_tokens``
+        padded tokens), repeat the cache rows per sample, and sample every row's first token."""
+        unique: dict[tuple[int, ...], int] = {}
+        for row in group:
+            unique.setdefault(tuple(row.prompt_ids), len(unique))
+        cache, logits = SlotCache(self.device), []
+        for chunk in _chunks(list(unique), self.prefill_tokens):
+            part = SlotCache(self.device)
+            feeds = [[Feed(t, i, 0, i == len(p) - 1) for i, t in enumerate(p)] for p in chunk]
+            # no padding: let the model build its own causal mask (sdpa's causal kernel is faster)
+            causal = len({len(p) for p in chunk}) == 1
+            logits.append(self._forward(feeds, part, causal)[0])  # (len(chunk), V): one emit per prompt
+            cache.extend(part)
+        index = [unique[tuple(row.prompt_ids)] for row in group]
+        cache.select_rows(index)
+        rows_logits = torch.cat(logits)[torch.tensor(index, device=self.device)]  # (len(group), V)
+        sample(rows_logits, group, [(r, 0) for r in range(len(group))], [row.rule(0) for row in group])
+        return cache
+
+    def _step(self, rows: list[RowState], cache: SlotCache, sample: _Sampler) -> None:
+        feeds = [row.take_pending() for row in rows]
+        assert all(feeds), "a live row has nothing to feed"
+        before = [r for r, row in enumerate(rows) if row.remap_before is not None]
+        for value in {rows[r].remap_before for r in before}:
+            cache.remap_path_owners([r for r in before if rows[r].remap_before == value], value)
+        logits, emits = self._forward_split(feeds, cache)
+        after = [r for r, row in enumerate(rows) if row.remap_after is not None]
+        for value in {rows[r].remap_after for r in after}:
+            cache.remap_path_owners([r for r in after if rows[r].remap_after == value], value)
+        for row in rows:
+            row.remap_before = row.remap_after = None
+        targets = [(r, owner) for r, _, owner in emits]
+        sample(logits, rows, targets, [rows[r].rule(owner) for r, owner in targets])
+        for row in rows:
+            row.end_step()
+
+    def _forward_split(self, feeds: list[list[Feed]], cache: SlotCache):
+        """Rows feeding more than ``LONG_FEED`` tokens (a seen-mode re-encode) run in a forward of their
+        own, so the other rows are not padded to their width (module docstring, point 2)."""
+        long = [r for r, f in enumerate(feeds) if len(f) > LONG_FEED]
+        if not long or len(long) == len(feeds):
+            return self._forward(feeds, cache)
+        long_logits, long_emits = self._forward([feeds[r] for r in long], RowsView(cache, long))
+        rest = set(long)
+        logits, emits = self._forward([[] if r in rest else f for r, f in enumerate(feeds)], cache)
+        emits = [(long[i], q, owner) for i, q, owner in long_emits] + emits
+        return torch.cat([long_logits, logits]), emits
+
+    def _forward(self, feeds: list[list[Feed]], cache: SlotCache | RowsView, causal: bool = False):
+        """One model forward over right-aligned feeds. Returns ((n, V) logits of emitting queries, emits).
+        ``causal``: the cache is empty and nothing is padded, so the model's own causal mask is exact."""
+        width = max(len(f) for f in feeds)
+        ids = [[self.pad_id] * width for _ in feeds]
+        pos = [[0] * width for _ in feeds]
+        own = [[PAD_OWNER] * width for _ in feeds]
+        emits = []  # (row, query column, owner)
+        for r, row_feeds in enumerate(feeds):
+            offset = width - len(row_feeds)
+            for i, feed in enumerate(row_feeds):
+                ids[r][offset + i], pos[r][offset + i], own[r][offset + i] = feed.token, feed.position, feed.owner
+                if feed.emit:
+                    emits.append((r, offset + i, feed.owner))
+        device = self.device
+        owners = torch.tensor(own, dtype=torch.int8, device=device)  # (R, Q)
+        cache.append_slots(owners)
+        assert not causal or cache.length == width, "the causal shortcut needs an empty cache"
+        mask = None if causal else cache.attention_mask(owners, self.dtype)  # (R, 1, Q, K)
+        keep = width - min(q for _, q, _ in emits)
+        kwargs = {self._cache_kwarg: cache, "use_cache": True}
+        if self._has_logits_to_keep:
+            kwargs["logits_to_keep"] = keep
+        out = self.model(input_ids=torch.tensor(ids, device=device), attention_mask=mask,
+                         position_ids=torch.tensor(pos, device=device), **kwargs)
+        logits = out.logits[:, -keep:]  # (R, keep, V)
+        rows_idx = torch.tensor([r for r, _, _ in emits], device=device)
+        cols_idx = torch.tensor([q - (width - keep) for _, q, _ in emits], device=device)
+        return logits[rows_idx, cols_idx], emits
+
+    # ---- helpers --------------------------------------------------------------------------------
+    def _rule_bias(self, config: SamplingConfig) -> torch.Tensor:
+        """(5, V) additive bias per rule set (rows module docstring, point 2)."""
+        t = self.tags
+        bias = torch.zeros((5, self.vocab_size), dtype=torch.float32, device=self.device)
+        others = {
+            RULE_FREE: (),
+            RULE_MAIN: (t.par_close, t.path_open, t.path_close, t.sum_open, t.sum_close),
+            RULE_MAIN_NO_BLOCK: t.all_tags(),
+            RULE_PATH: tuple(x for x in t.all_tags() if x != t.path_close),
+            RULE_SUMMARY: tuple(x for x in t.all_tags() if x != t.sum_close),
+        }
+        for rule, banned in others.items():
+            if banned:
+                bias[rule, list(banned)] = float("-inf")
+        return bias
+
+    def _stop_checker(self, config: SamplingConfig) -> Callable[[list[int]], bool] | None:
+        if not config.stop:
+            return None
+        window = max(len(s) for s in config.stop) + 4  # tokens; every token decodes to >= 1 char or less
+
+        def hit(ids: list[int]) -> bool:
+            tail = self.tokenizer.decode(ids[-window:], skip_special_tokens=False)
+            return any(s in tail for s in config.stop)
+
+        return hit
+
+    def _find_blocks(self, ids: list[int]):
+        from parallel_r1.structure import find_blocks
+
+        return find_blocks(ids, self.tag_ids)
+
+    def _check_prompts(self, prompts, num_samples: int) -> None:
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        for i, prompt in enumerate(prompts):
+            if len(prompt) == 0:
+                raise ValueError(f"prompt {i} is empty")
+            bad = [t for t in prompt if not (0 <= int(t) < self.vocab_size)]
+            if bad:
+                raise ValueError(f"prompt {i} has token ids outside the vocabulary: {bad[:5]}")
+
+
+class _Sampler:
+    """Samples the emitting queries of one forward and hands each token to its row."""
+
+    def __init__(self, config: SamplingConfig, generator: torch.Generator, rule_bias: torch.Tensor,
+                 processors: list[LogitsProcessor]) -> None:
+        self.config, self.generator, self.rule_bias, self.processors = config, generator, rule_bias, processors
+
+    def __call__(self, logits: torch.Tensor, rows: list[RowState], targets: list[tuple[int, int]],
+                 rules: list[int]) -> None:
+        # logits: (n, V), one row per (row index, branch) in targets
+        rule_index = torch.tensor(rules, device=self.rule_bias.device)
+        bias = None if all(r == RULE_FREE for r in rules) else self.rule_bias.index_select(0, rule_index)
+        contexts = [rows[r].context(b) for r, b in targets] if self.processors else None
+        tokens, logprobs = sample_tokens(logits, bias, self.config, self.generator, self.processors, contexts,
+                                         check=False)
+        tokens = tokens.tolist()  # the one device sync of a step
+        assert_alive(tokens)
+        for (r, branch), token, logprob in zip(targets, tokens, logprobs.tolist(), strict=True):
+            rows[r].on_sample(branch, token, logprob)
+
+
+def _chunks(prompts: list[tuple[int, ...]], budget: int) -> list[list[tuple[int, ...]]]:
+    """Consecutive groups whose padded size (rows x longest) stays within ``budget`` (or one row)."""
+    groups: list[list[tuple[int, ...]]] = []
+    for prompt in prompts:
+        group = groups[-1] if groups else None
+        if group is not None and (len(group) + 1) * max(len(prompt), *map(len, group)) <= budget:
+            group.append(prompt)
+        else:
+            groups.append([prompt])
+    return groups
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if value is None:
+            continue
+        ids.update([value] if isinstance(value, int) else list(value))
+    if not ids:
+        raise ValueError("no EOS token id found on the tokenizer or generation config; pass eos_token_ids")
+    return ids
