@@ -1,0 +1,99 @@
+"""Load any Hugging Face causal LM (hub name or local path) with its tokenizer, ready for the engine,
+and turn a prompt text into prompt ids the way training does.
+
+1. The tokenizer must already hold the six tags as single tokens: a model that was never taught the
+   format cannot be evaluated in it, and adding fresh random tag rows here would silently evaluate a
+   different model. The error says how to add them.
+2. Attention is loaded as ``sdpa`` (the engine needs custom 4D masks). ``dtype="auto"`` is bfloat16 on
+   a GPU and float32 on a CPU.
+3. ``encode_prompt``: with the tokenizer's chat template (when it has one, or when ``chat=True``) the
+   prompt becomes one user message plus the generation prompt; otherwise the plain text is encoded
+   with the tokenizer's own special tokens (a BOS where the tokenizer adds one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DTYPES = ("float32", "bfloat16", "float16")  # torch is imported lazily: the CLI starts without it
+
+
+class ModelLoadError(ValueError):
+    """The model or tokenizer cannot be used; the message names it and the fix."""
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    model: object
+    tokenizer: object
+    tag_ids: dict[str, int]
+
+
+def resolve_device(device: str | None):
+    import torch
+
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device):
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}: expected auto or one of {DTYPES}")
+    return getattr(torch, dtype)
+
+
+def load_tokenizer(name: str):
+    """The tokenizer of ``name`` with its tag ids checked (module docstring, point 1)."""
+    from transformers import AutoTokenizer
+
+    from parallel_r1.structure import tag_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    try:
+        ids = tag_ids(tokenizer)
+    except ValueError as exc:
+        raise ModelLoadError(
+            f"the tokenizer of {name} lacks the parallel-thinking tags ({exc}). Add them once with "
+            "parallel_r1.structure.add_tags(tokenizer, model), then tokenizer.save_pretrained(...) and "
+            "model.save_pretrained(...) (a cold-start SFT run saves checkpoints that have them)."
+        ) from exc
+    return tokenizer, ids
+
+
+def load_model(name: str, device: str | None = None, dtype: str = "auto") -> LoadedModel:
+    """Tokenizer (with tags) and model in eval mode on ``device``."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer, ids = load_tokenizer(name)
+    dev = resolve_device(device)
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=resolve_dtype(dtype, dev), attn_implementation="sdpa")
+    rows = model.get_input_embeddings().weight.shape[0]
+    if max(ids.values()) >= rows:
+        raise ModelLoadError(
+            f"{name}: tag ids {ids} do not fit the model's {rows} embedding rows; the tokenizer was given "
+            "the tags but the model was not resized (use parallel_r1.structure.add_tags(tokenizer, model))"
+        )
+    model.to(dev).eval()
+    return LoadedModel(name, model, tokenizer, ids)
+
+
+def uses_chat(tokenizer, chat: bool | None) -> bool:
+    """Whether prompts go through the chat template (None: when the tokenizer has one)."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if chat and not has_template:
+        raise ModelLoadError("chat formatting was asked for but the tokenizer has no chat template")
+    return has_template if chat is None else chat
+
+
+def encode_prompt(tokenizer, text: str, chat: bool) -> list[int]:
+    """Prompt ids for ``text`` (module docstring, point 3): the training code's own encoder, so a
+    model is evaluated on exactly the prompt ids it was trained on."""
+    from parallel_r1.train.data import encode_prompt as train_encode_prompt
+
+    return train_encode_prompt(tokenizer, text, chat)

@@ -1,0 +1,68 @@
+"""``parallel-r1 serve MODEL``: the OpenAI-compatible HTTP API over the branching engine."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def serve(
+    model: Annotated[str, typer.Argument(help="HF hub name or local path of a causal LM whose tokenizer has the tags.")],
+    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback exposes an unauthenticated API.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free port).")] = 8000,
+    served_model_name: Annotated[str | None, typer.Option(help="Model id in the API (default: MODEL's last path part).")] = None,
+    mode: Annotated[str, typer.Option(help="Engine mode: unseen, seen or sequential.")] = "unseen",
+    num_paths: Annotated[int, typer.Option(min=1, help="Paths forked at each <Parallel> (a request may set num_paths).")] = 2,
+    max_blocks: Annotated[int, typer.Option(min=0)] = 4,
+    max_path_tokens: Annotated[int | None, typer.Option(min=1, help="Cap on one path's tokens (default: max_tokens).")] = None,
+    max_tokens_limit: Annotated[int, typer.Option(min=1, help="Largest max_tokens a request may ask for.")] = 4096,
+    default_max_tokens: Annotated[int, typer.Option(min=1, help="max_tokens when a request gives none.")] = 512,
+    max_n: Annotated[int, typer.Option(min=1, help="Largest n a request may ask for.")] = 16,
+    batch_window_ms: Annotated[float, typer.Option(min=0.0, help="How long to gather requests into one engine call.")] = 10.0,
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Rows the engine decodes at once.")] = 64,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda when available).")] = None,
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    quiet: Annotated[bool, typer.Option(help="Do not log each request to stderr.")] = False,
+) -> None:
+    """Serve MODEL over an OpenAI-compatible API (/v1/models, /v1/completions, /v1/chat/completions)."""
+    from parallel_r1.engine.engine import Engine
+    from parallel_r1.eval.loading import load_model
+    from parallel_r1.serve.app import ServeOptions
+    from parallel_r1.serve.http import OpenAIServer
+    from parallel_r1.serve.protocol import Limits
+
+    if default_max_tokens > max_tokens_limit:
+        raise typer.BadParameter(f"--default-max-tokens {default_max_tokens} exceeds --max-tokens-limit {max_tokens_limit}")
+    if not _is_loopback(host):
+        typer.echo(f"warning: binding {host}: the API has no authentication", err=True)
+    try:
+        loaded = load_model(model, device, dtype)
+        engine = Engine(loaded.model, loaded.tokenizer, loaded.tag_ids, max_batch_size=max_batch_size)
+        limits = Limits(max_n=max_n, max_tokens=max_tokens_limit, default_max_tokens=default_max_tokens)
+        options = ServeOptions(
+            model_name=served_model_name or Path(model.rstrip("/")).name, limits=limits, mode=mode,
+            num_paths=num_paths, max_blocks=max_blocks, max_path_tokens=max_path_tokens,
+            batch_window_s=batch_window_ms / 1000, max_batch_rows=4 * max_batch_size,
+        )
+        server = OpenAIServer(engine, loaded.tokenizer, options, host, port, log_requests=not quiet)
+    except (ValueError, OSError) as exc:  # bad model, setting or address
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"serving {options.model_name} ({mode}, {num_paths} paths) at {server.url}/v1", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        typer.echo("shutting down", err=True)
+    finally:
+        server.httpd.server_close()
+        server.app.batcher.stop()
