@@ -5,6 +5,12 @@ from __future__ import annotations
 import typer
 
 from parallel_r1.cli.score import score
+from parallel_r1.cli.train import train
+from parallel_r1.data.make_data import make_data
+from parallel_r1.demo.command import demo
+from parallel_r1.eval.command import eval_command
+from parallel_r1.report.command import report
+from parallel_r1.serve.command import serve
 
 app = typer.Typer(
     name="parallel-r1",
@@ -17,6 +23,12 @@ bench_app = typer.Typer(help="Benchmarks: each prints one JSON object as its las
 app.add_typer(bench_app, name="bench")
 
 app.command("score")(score)
+app.command("train")(train)
+app.command("make-data")(make_data)
+app.command("eval")(eval_command)
+app.command("report")(report)
+app.command("serve")(serve)
+app.command("demo")(demo)
 
 
 def main() -> None:  # pragma: no cover - console-script shim

@@ -1,0 +1,188 @@
+"""``run_demo``: the whole Parallel-R1 curriculum on the toy world, evaluated and reported.
+
+In order (each step a phase of the resource meter):
+1. teacher: the scripted teacher on the SFT and RL problems, validated and counted (Table 1 shape);
+2. train: ``configs/demo/demo.yaml`` through ``train.runner.run_recipe`` into ``DIR`` itself, so
+   ``DIR/metrics.jsonl`` and ``DIR/checkpoints/`` are the runner's own: stage 0 (pretraining),
+   cold-start SFT, GRPO with the alternating reward. Each stage ends with a kept checkpoint;
+3. export: the final policy (with its tokenizer) copied to ``DIR/model``;
+4. eval: the stage-0, SFT and RL checkpoints (the last one loaded from ``DIR/model``) on the fixed
+   held-out hard and easy sets, same settings for all (``demo.evaluate``);
+5. ablation (``--ablation``): RL arms from the same checkpoints over several seeds (``demo.ablation``);
+6. report: ``DIR/report.json``, ``DIR/report.md`` and ``DIR/plots/*.png`` (``demo.report``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from parallel_r1.demo.data import EVAL_SEED, heldout_problems
+from parallel_r1.demo.evaluate import EvalSettings, evaluate_problems, load_for_eval
+from parallel_r1.demo.recipes import DEFAULT_RECIPE, STAGES, curriculum_raw, to_recipe
+from parallel_r1.demo.resources import Meter
+from parallel_r1.demo.teacher_stats import teacher_table
+
+QUICK_EVAL_PROBLEMS = 16
+
+
+@dataclass
+class DemoConfig:
+    output: Path
+    seed: int = 0
+    quick: bool = False
+    ablation: bool = False
+    recipe: Path = DEFAULT_RECIPE
+    ablation_seeds: tuple[int, ...] = (0, 1, 2)
+    eval_problems: int = 200  # per held-out split
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    overrides: tuple[str, ...] = ()  # extra key=value recipe overrides (recorded in the report)
+    # torch intra-op threads. 1 by default: the tiny model's ops are too small for a second thread to
+    # pay off, and on a 2-core machine with any other load the thread pool's waits made training and
+    # generation 10-50x slower in our measurements (README of the demo; report.json records the value).
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        self.output, self.recipe = Path(self.output), Path(self.recipe)
+        if self.quick:
+            self.eval_problems = min(self.eval_problems, QUICK_EVAL_PROBLEMS)
+        assert self.eval_problems >= 1, f"eval_problems must be >= 1, got {self.eval_problems}"
+        assert self.ablation_seeds, "the ablation needs at least one seed"
+        assert self.threads >= 1, f"threads must be >= 1, got {self.threads}"
+
+
+def stage_checkpoints(run_dir: Path, names: tuple[str, ...] = STAGES) -> dict[str, Path]:
+    """The checkpoint that closes each stage (``trainer_state.json`` says which stage and that it is done)."""
+    from parallel_r1.train.checkpoint import read_state
+
+    found: dict[str, Path] = {}
+    for path in sorted((run_dir / "checkpoints").glob("step-*")):
+        if path.name.endswith(".tmp"):
+            continue
+        state = read_state(path)
+        if state.stage_done:
+            found[names[state.stage_index]] = path
+    missing = [n for n in names if n not in found]
+    assert not missing, f"{run_dir}: no end-of-stage checkpoint for {missing}"
+    return found
+
+
+class Demo:
+    """One demo run: configuration, console, meter and the results gathered so far."""
+
+    def __init__(self, cfg: DemoConfig, console: Console | None = None):
+        self.cfg, self.console, self.meter = cfg, console or Console(stderr=True), Meter()
+        self.raw = curriculum_raw(cfg.recipe, cfg.seed, cfg.quick, cfg.overrides)
+        self.recipe = to_recipe(self.raw)  # validated before any compute
+        self.results: dict = {}
+        self.heldout = {s: heldout_problems(s, cfg.eval_problems) for s in ("hard", "easy")}
+
+    def run(self) -> dict:
+        import torch
+
+        out = self.cfg.output
+        if (out / "metrics.jsonl").exists() or (out / "report.json").exists():
+            raise FileExistsError(f"{out} already holds a demo run; choose another --output")
+        out.mkdir(parents=True, exist_ok=True)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.cfg.threads)
+        try:
+            return self._run(out)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self, out: Path) -> dict:
+        with self.meter.phase("teacher"):
+            self.results["teacher"] = self.teacher()
+        with self.meter.phase("train"):
+            self.train()
+        checkpoints = stage_checkpoints(out)
+        with self.meter.phase("export"):
+            shutil.copytree(checkpoints["rl"] / "model", out / "model")
+        with self.meter.phase("eval"):
+            sources = {"stage0": checkpoints["stage0"] / "model", "sft": checkpoints["sft"] / "model", "rl": out / "model"}
+            self.results["eval"] = {name: self.evaluate(name, path) for name, path in sources.items()}
+        self.results["checkpoints"] = {k: str(v.relative_to(out)) for k, v in checkpoints.items()}
+        if self.cfg.ablation:
+            from parallel_r1.demo.ablation import run_ablation
+
+            with self.meter.phase("ablation"):
+                self.results["ablation"] = run_ablation(self, checkpoints)
+        return self.write_report()
+
+    # --- phases -------------------------------------------------------------------------------------------
+    def teacher(self) -> dict:
+        self.console.rule("[bold]Scripted teacher -> cold-start traces (validated, filtered)")
+        table = teacher_table(self.raw, self.cfg.output / "data")
+        self.console.print(table["markdown"])
+        return table
+
+    def train(self) -> None:
+        from parallel_r1.train.runner import run_recipe
+
+        steps = ", ".join(f"{s.name}: {s.steps} steps" for s in self.recipe.stages)
+        self.console.rule(f"[bold]Curriculum via the train runner ({steps})")
+        _quiet_logging()
+        run_recipe(self.recipe, self.cfg.output)
+
+    def evaluate(self, name: str, model_dir: Path, splits: tuple[str, ...] = ("hard", "easy")) -> dict:
+        """Evaluate one checkpoint on the held-out splits; writes ``DIR/eval/<name>.json``."""
+        from rich.progress import Progress
+
+        model, tokenizer, tag_ids = load_for_eval(str(model_dir))
+        result = {"model": str(model_dir.relative_to(self.cfg.output)) if model_dir.is_relative_to(self.cfg.output)
+                  else str(model_dir)}  # fmt: skip
+        with Progress(console=self.console, transient=True) as bar:
+            for split in splits:
+                task = bar.add_task(f"eval {name} on held-out toy-{split}", total=None)
+                result[split] = evaluate_problems(model, tokenizer, tag_ids, self.heldout[split], self.cfg.eval)
+                bar.remove_task(task)
+        self._print_eval(name, result, splits)
+        path = self.cfg.output / "eval" / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1), encoding="utf-8")
+        return result
+
+    def _print_eval(self, name: str, result: dict, splits) -> None:
+        parts = [f"{s}: acc {100 * result[s]['accuracy']:.1f}% ± {100 * result[s]['accuracy_se']:.1f}, "
+                 f"parallel {100 * result[s]['parallel_ratio']:.1f}%" for s in splits]  # fmt: skip
+        self.console.print(f"[bold]{name}[/bold]  " + " | ".join(parts))
+
+    def eval_record(self) -> dict:
+        return {
+            "settings": self.cfg.eval.to_dict(),
+            "sets": {s: {"name": f"toy-{s}", "seed": EVAL_SEED, "problems": len(p)} for s, p in self.heldout.items()},
+            "noise": "accuracy_se: standard error over problems of per-problem mean accuracy",
+        }
+
+    def write_report(self) -> dict:
+        from parallel_r1.demo.report import build_report, targets, write_markdown
+
+        with self.meter.phase("report"):
+            report = build_report(self)
+        report["resources"] = self.meter.summary()
+        report["targets"] = targets(report)
+        (self.cfg.output / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+        write_markdown(self, report)
+        return report
+
+    def config_record(self) -> dict:
+        cfg = asdict(self.cfg)
+        cfg["output"], cfg["recipe"] = str(self.cfg.output), str(self.cfg.recipe)
+        return cfg
+
+
+def _quiet_logging() -> None:
+    """The runner logs stage starts at INFO; show them without the libraries' INFO chatter."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("parallel_r1.train").setLevel(logging.INFO)
+
+
+def run_demo(cfg: DemoConfig, console: Console | None = None) -> dict:
+    return Demo(cfg, console).run()
