@@ -7,7 +7,7 @@ import json
 import typer
 from typer.testing import CliRunner
 
-from parallel_r1.bench.engine import bench_engine
+from parallel_r1.bench.engine_command import bench_engine
 
 
 def test_bench_engine_prints_the_figures_as_its_last_line():

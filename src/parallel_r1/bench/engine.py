@@ -24,16 +24,13 @@ The last stdout line of the CLI is one JSON object with every figure.
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Annotated
 
 import torch
-import typer
 from transformers.cache_utils import DynamicCache
 
 from parallel_r1.engine import Engine, SamplingConfig
@@ -235,33 +232,3 @@ def _unseen_logprob_diff(model, rollouts, tags: dict[str, int]) -> float:
         keep = torch.tensor(rollout.loss_mask, device=device).bool()
         worst = max(worst, (recomputed - sampled)[keep].abs().max().item())
     return worst
-
-
-def bench_engine(
-    quick: Annotated[bool, typer.Option(help="~1 minute on 2 CPU cores: batch 4, 1k prefix, paths of 64")] = False,
-    device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
-    dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "float32",
-    model_size: Annotated[str | None, typer.Option(help="tiny | small (5M, default) | 0.5b")] = None,
-    batch: Annotated[int | None, typer.Option(help="rows (prompts) decoded together")] = None,
-    prefix_len: Annotated[int | None, typer.Option(help="prompt tokens per row")] = None,
-    main_len: Annotated[int | None, typer.Option(help="main-chain tokens before <Parallel>")] = None,
-    num_paths: Annotated[int | None, typer.Option(help="paths per block")] = None,
-    path_len: Annotated[int | None, typer.Option(help="sampled tokens per path")] = None,
-    summary_len: Annotated[int | None, typer.Option(help="summary tokens")] = None,
-    tail_len: Annotated[int | None, typer.Option(help="main-chain tokens after the block")] = None,
-    repeats: Annotated[int | None, typer.Option(help="timed rounds after the warm-up")] = None,
-    threads: Annotated[int | None, typer.Option(
-        help="torch CPU threads (default: torch's choice; 1 is far steadier on a busy shared machine)")] = None,
-) -> None:
-    """Branching engine vs plain decoding vs per-path re-prefill; last stdout line is one JSON object.
-
-    GPU: ``--device cuda --dtype bfloat16 --model-size 0.5b`` (a random Qwen3-0.6B-shaped model)."""
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise typer.BadParameter(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
-    if threads is not None:
-        torch.set_num_threads(threads)
-    shape = make_shape(quick, model_size=model_size, batch=batch, prefix_len=prefix_len, main_len=main_len,
-                       num_paths=num_paths, path_len=path_len, summary_len=summary_len, tail_len=tail_len,
-                       repeats=repeats)
-    result = run_engine_bench(shape, device=device, dtype=dtype, log=lambda m: print(m, flush=True))
-    print(json.dumps(result), flush=True)
