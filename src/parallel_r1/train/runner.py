@@ -27,10 +27,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import torch
-import typer
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
@@ -94,17 +92,12 @@ def default_engine_factory(model, tokenizer, tag_ids):
 
 
 def train_main(
-    recipe_path: Annotated[Path, typer.Argument(metavar="RECIPE", help="YAML recipe (see configs/)")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="run directory: metrics.jsonl, checkpoints/")],
-    resume: Annotated[bool, typer.Option("--resume", help="continue from the latest checkpoint in --output")] = False,
-    overrides: Annotated[
-        list[str] | None, typer.Option("--set", help="override a recipe entry, e.g. stages[1].steps=10")
-    ] = None,
+    recipe_path: Path, output: Path, resume: bool = False, overrides: list[str] | None = None
 ) -> None:
     """Run a training recipe (``parallel-r1 train RECIPE --output DIR [--resume]``).
 
     Exits 2 on a bad recipe (the message names the entry) and 130 when interrupted (Ctrl-C saves a
-    checkpoint first). Typer reads the annotations; from Python it is a plain function.
+    checkpoint first). `parallel-r1 train` (cli/train.py) and `python -m parallel_r1.train` call it.
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
