@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from parallel_r1.bench.engine_command import bench_engine
+from parallel_r1.bench.rl import bench_rl
 from parallel_r1.cli.score import score
 from parallel_r1.cli.train import train
 from parallel_r1.data.make_data import make_data
@@ -23,6 +24,7 @@ app = typer.Typer(
 bench_app = typer.Typer(help="Benchmarks: each prints one JSON object as its last stdout line.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 bench_app.command("engine")(bench_engine)
+bench_app.command("rl")(bench_rl)
 
 app.command("score")(score)
 app.command("train")(train)

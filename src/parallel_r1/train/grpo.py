@@ -4,9 +4,12 @@ What it does, for one batch of rollouts (``n`` samples for each prompt):
 1. Advantage of a sample = its reward minus the mean reward of its group (same prompt), divided by
    the group's standard deviation (unbiased, + eps) unless ``normalize_std`` is off (Dr. GRPO).
    One scalar per sequence, given to every sampled token.
-2. Old log-probs come from a no-grad forward of the *training* model in the training mode
+2. Old log-probs come from a forward of the *training* model in the training mode
    (Seen: causal; Unseen: structured mask and positions) before any update, never from the
-   sampler; the sampler's log-probs only feed a diagnostic (``logprob_diff_sampler``).
+   sampler; the sampler's log-probs only feed a diagnostic (``logprob_diff_sampler``). The first
+   minibatch is trained before any optimiser step, so its old log-probs are its own training
+   forward's, detached (ratio exactly 1): only later minibatches get a separate no-grad pass.
+   With one minibatch and one epoch (on-policy) that saves a whole forward per step, as TRL does.
 3. PPO-clip per token with separate lower / upper ranges (clip-higher: ``1 - clip_low`` ..
    ``1 + clip_high``) and the reference trainer's dual clip (``clip_ratio_c``) for negative advantages.
    Optional k3 KL to a frozen reference (off by default, as in the reference runs).
@@ -128,7 +131,7 @@ class _Row:
     sampler_logprobs: list[float]
     advantage: float
     group: int
-    old_logprobs: list[float] = field(default_factory=list)
+    old_logprobs: list[float] | None = None  # None until filled (first minibatch: by its training forward)
     ref_logprobs: list[float] = field(default_factory=list)
 
 
@@ -222,15 +225,20 @@ def _batch(rows: list[_Row], build: BatchBuilder, model: torch.nn.Module, dist: 
 
 @torch.no_grad()
 def _fill_old_logprobs(model, ref_model, plan, cfg: GRPOConfig, build: BatchBuilder, dist: Dist) -> None:
-    """Old (and reference) log-probs per row, from the very micro-batches the update trains on."""
-    for minibatch in plan:
+    """Old (and reference) log-probs per row, from the very micro-batches the update trains on.
+
+    The first minibatch's old log-probs are left to its training forward (module docstring, point 2)."""
+    for k, minibatch in enumerate(plan):
+        if k == 0 and ref_model is None:
+            continue
         for micro in minibatch:
             batch = _batch(micro, build, model, dist)
-            old, _ = response_logprobs(model, batch, cfg.temperature)
+            old = response_logprobs(model, batch, cfg.temperature)[0] if k > 0 else None
             ref = response_logprobs(ref_model, batch, cfg.temperature)[0] if ref_model is not None else None
             for i, row in enumerate(micro):
                 sel = batch.response_mask[i]
-                row.old_logprobs = old[i][sel].tolist()
+                if old is not None:
+                    row.old_logprobs = old[i][sel].tolist()
                 if ref is not None:
                     row.ref_logprobs = ref[i][sel].tolist()
 
@@ -269,9 +277,14 @@ def _minibatch_step(model, optimizer, minibatch, cfg: GRPOConfig, build, dist: D
 def _micro_backward(model, micro: list[_Row], cfg: GRPOConfig, build, dist: Dist, n_tokens: float):
     batch = _batch(micro, build, model, dist)
     mask = scatter_response([r.loss_mask for r in micro], batch.response_mask)  # (B, T)
-    old = scatter_response([r.old_logprobs for r in micro], batch.response_mask)
     adv = torch.tensor([r.advantage for r in micro], device=mask.device)[:, None].expand_as(mask)
     logprobs, entropy = response_logprobs(model, batch, cfg.temperature, with_entropy=True)
+    if micro[0].old_logprobs is None:  # first minibatch, no optimiser step yet: old = this forward
+        old = logprobs.detach()
+        for i, row in enumerate(micro):
+            row.old_logprobs = old[i][batch.response_mask[i]].tolist()
+    else:
+        old = scatter_response([r.old_logprobs for r in micro], batch.response_mask)
     per_token, ratio, clipped = clipped_surrogate(
         logprobs, old, adv, cfg.clip_low, cfg.clip_high, cfg.clip_ratio_c
     )
@@ -313,6 +326,8 @@ def _summarise(stats: GRPOStats, rows: list[_Row], dist: Dist) -> None:
     stats.tokens = sum(m["forward_tokens"] for m in mbs)
     gap = [0.0, 0.0]
     for row in rows:
+        if row.old_logprobs is None:  # its minibatch had no sampled token and was skipped
+            continue
         for keep, old, samp in zip(row.loss_mask, row.old_logprobs, row.sampler_logprobs, strict=True):
             if keep:
                 gap[0] += abs(old - samp)

@@ -6,9 +6,15 @@ old-policy pass, the GRPO update and the frozen reference.
 
 Logits are divided by the sampling temperature before the softmax (as the reference trainer does), so
 at temperature != 1 the ratio compares like with like.
+
+Only the columns from the one before the first response column on go through the LM head
+(``logits_to_keep``, where the model takes it): prompts are left-padded, so for a typical RL batch
+that skips the head's forward and backward over every prompt column.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 import torch.nn.functional as F
@@ -31,16 +37,22 @@ def response_logprobs(
     assert temperature > 0, f"temperature must be > 0, got {temperature}"
     mask = batch.response_mask
     assert not bool(mask[:, 0].any()), "a response token at position 0 has no context to be scored from"
+    width = mask.shape[1]
+    columns = mask.any(dim=0).nonzero()  # (n, 1) columns holding a response token in some row
+    first = int(columns[0, 0]) if len(columns) else width  # first response column (>= 1)
+    keep = width - first + 1  # logits of columns first-1 .. T-1
+    extra = {"logits_to_keep": keep} if _takes_logits_to_keep(model) else {}
     out = model(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
         position_ids=batch.position_ids,
         use_cache=False,
+        **extra,
     )
-    target = mask[:, 1:]  # (B, T-1): token t+1 is a response token
-    logits = out.logits[:, :-1][target].float() / temperature  # (N, V), predicting those tokens
+    target = mask[:, first:]  # (B, T-first): column t+1 >= first holds a response token
+    logits = out.logits[:, -keep:][:, :-1][target].float() / temperature  # (N, V), predicting those tokens
     log_p = F.log_softmax(logits, dim=-1)  # (N, V)
-    tokens = batch.input_ids[:, 1:][target]  # (N,)
+    tokens = batch.input_ids[:, first:][target]  # (N,)
     token_lp = log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (N,)
     logprobs = _place(token_lp, mask)
     entropy = None
@@ -48,6 +60,12 @@ def response_logprobs(
         with torch.no_grad():
             entropy = _place(-(log_p.exp() * log_p).sum(-1), mask)
     return logprobs, entropy
+
+
+def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether ``model.forward`` accepts ``logits_to_keep`` (wrappers taking ``**kwargs`` pass it on)."""
+    params = inspect.signature(model.forward).parameters
+    return "logits_to_keep" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def _place(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
