@@ -12,8 +12,8 @@ import torch
 from typer.testing import CliRunner
 
 from parallel_r1.cli import app
-from parallel_r1.data.teacher import check_trace
-from parallel_r1.data.toy import sequential_solution, toy_problems
+from parallel_r1.data.teacher import check_trace, teacher_traces
+from parallel_r1.data.toy import toy_problems
 from parallel_r1.data.toy_model import build_tiny_model
 from parallel_r1.data.toy_tokenizer import build_toy_tokenizer
 from parallel_r1.demo.ablation import mean_sd, summarise
@@ -24,15 +24,23 @@ from parallel_r1.demo.data import (
     heldout_problems,
     pretraining_rows,
     rl_problems,
+    route_solution,
     training_problems,
 )
 from parallel_r1.demo.evaluate import EvalSettings, evaluate_problems, paired_difference, standard_error
 from parallel_r1.demo.pipeline import stage_checkpoints
-from parallel_r1.demo.recipes import QUICK_OVERRIDES, curriculum_raw, read_raw, rl_only_raw, to_recipe
+from parallel_r1.demo.recipes import (
+    DEFAULT_RECIPE,
+    curriculum_raw,
+    quick_overrides,
+    read_raw,
+    rl_only_raw,
+    to_recipe,
+)
 from parallel_r1.demo.report import markdown, targets
 from parallel_r1.demo.resources import Meter
 from parallel_r1.demo.teacher_stats import teacher_table
-from parallel_r1.format import TAGS
+from parallel_r1.format import TAGS, parse
 from parallel_r1.structure import add_tags
 from parallel_r1.train.config import RecipeError
 
@@ -53,26 +61,48 @@ def test_training_problems_are_disjoint_from_the_heldout_set():
         training_problems("easy", 3, seed=EVAL_SEED)
 
 
-def test_pretraining_rows_are_tag_free_sequential_solutions_of_both_splits():
-    rows = pretraining_rows(6, 4, seed=0)
-    assert len(rows) == 10 and len({r["id"] for r in rows}) == 10
-    assert sum(r["id"].startswith("toy-hard") for r in rows) == 4
+def test_pretraining_rows_are_tag_free_solutions_of_both_splits_and_routes():
+    rows = pretraining_rows(30, 20, seed=0, changes_first=0.5)
+    assert len(rows) == 50 and len({r["id"] for r in rows}) == 50
+    assert sum(r["id"].startswith("toy-hard") for r in rows) == 20
     for r in rows:
         assert not any(tag in r["response"] for tag in TAGS)
-        assert r["response"].endswith(f"Final Answer: {r['answer']}")
-    # a seeded shuffle: the same rows in the same order every time, not grouped by split
-    assert rows == pretraining_rows(6, 4, seed=0)
-    assert [r["id"] for r in rows] != sorted(r["id"] for r in rows)
+        assert r["response"].endswith(f"So {r['answer']}.\nFinal Answer: {r['answer']}")
+    routes = [r["response"].split("\n")[1] for r in rows]
+    assert set(routes) == {"In order.", "Changes first."} and 10 <= routes.count("Changes first.") <= 40
+    assert rows == pretraining_rows(30, 20, seed=0, changes_first=0.5), "seeded: the same rows every time"
+    assert [r["id"] for r in rows] != sorted(r["id"] for r in rows), "shuffled, not grouped by split"
+    in_order = pretraining_rows(5, 5, seed=0)
+    assert all(r["response"].split("\n")[1] == "In order." for r in in_order)
+
+
+def test_route_solution_holds_the_teachers_path_bodies_word_for_word():
+    problems = training_problems("easy", 60, seed=1)
+    checked = 0
+    for trace, problem in zip(teacher_traces(problems, 0), problems, strict=True):
+        if not check_trace(trace)["kept"] or trace["teacher"]["slips"]:
+            continue  # a slip changes the numbers a path writes
+        for path in parse(trace["response"]).blocks[0].paths:
+            route = "in_order" if path.text.startswith("In order.") else "changes_first"
+            assert "\n" + path.text + "\n" in route_solution(problem, route)
+            checked += 1
+    assert checked >= 40
+    with pytest.raises(ValueError, match="unknown route"):
+        route_solution(problems[0], "backwards")
 
 
 def test_cold_start_rows_are_validated_traces_and_replay_is_the_asked_share():
-    rows = cold_start_rows(60, seed=1, teacher_seed=0)
+    cue = "{problem}\nUse parallel paths."
+    rows = cold_start_rows(60, seed=1, teacher_seed=0, template=cue)
     assert rows and all(check_trace(r)["kept"] for r in rows)
-    mixed = cold_start_rows(60, seed=1, teacher_seed=0, replay=0.25)
+    assert all(r["prompt"] == r["question"] + "\nUse parallel paths." for r in rows)
+    mixed = cold_start_rows(60, seed=1, teacher_seed=0, replay=0.25, template=cue)
     replayed = [r for r in mixed if "<Parallel>" not in r["response"]]
     assert len(mixed) - len(replayed) == len(rows)
     assert len(replayed) == round(len(rows) * 0.25 / 0.75)
-    assert all(r["response"] == sequential_solution(_problem(r)) for r in replayed)
+    for r in replayed:
+        assert r["prompt"] == r["question"], "replay rows keep stage 0's prompt"
+        assert r["response"] == route_solution(_problem(r), "in_order")
 
 
 def _problem(row):
@@ -91,38 +121,33 @@ def test_rl_problems_have_answers_and_no_responses():
 
 
 def test_demo_recipe_validates_and_quick_shrinks_only_sizes():
-    full = to_recipe(curriculum_raw(read_raw_path(), seed=5, quick=False))
-    quick = to_recipe(curriculum_raw(read_raw_path(), seed=5, quick=True))
-    assert [s.name for s in full.stages] == ["stage0", "sft", "rl"] and full.seed == quick.seed == 5
-    assert [s.type for s in full.stages] == ["sft", "sft", "grpo"]
-    assert full.stages[2].reward.name == "alternating"
+    full = to_recipe(curriculum_raw(DEFAULT_RECIPE, seed=5, quick=False))
+    quick = to_recipe(curriculum_raw(DEFAULT_RECIPE, seed=5, quick=True))
+    assert [s.name for s in full.stages] == ["stage0", "sft", "rl_easy", "rl"] and full.seed == quick.seed == 5
+    assert [s.type for s in full.stages] == ["sft", "sft", "grpo", "grpo"]
+    assert full.stages[-1].reward.name == "alternating" and full.stages[-1].data.kwargs["split"] == "hard"
     assert all(q.steps < f.steps for q, f in zip(quick.stages, full.stages, strict=True))
-    assert quick.stages[2].generation == full.stages[2].generation and quick.mode == full.mode
-    assert len(QUICK_OVERRIDES) > 0
-
-
-def read_raw_path():
-    from parallel_r1.demo.recipes import DEFAULT_RECIPE
-
-    return DEFAULT_RECIPE
+    assert quick.stages[-1].generation == full.stages[-1].generation and quick.mode == full.mode
+    assert quick.stages[-1].prompt == full.stages[-1].prompt
+    assert "stages[3].num_samples=4" in quick_overrides(read_raw(DEFAULT_RECIPE))
 
 
 def test_rl_only_recipe_keeps_the_rl_stage_but_reward_model_and_seed(tmp_path):
-    raw = curriculum_raw(read_raw_path(), seed=0, quick=False)
+    raw = curriculum_raw(DEFAULT_RECIPE, seed=0, quick=False)
     derived = rl_only_raw(raw, tmp_path / "ckpt", "accuracy", seed=2, name="x")
     recipe = to_recipe(derived)
     assert [s.name for s in recipe.stages] == ["rl"] and recipe.seed == 2
     assert recipe.model.init == "pretrained" and recipe.model.name_or_path == str(tmp_path / "ckpt")
-    original = to_recipe(raw).stages[2]
+    original = to_recipe(raw).stages[-1]
     assert recipe.stages[0].reward.name == "accuracy"
-    for key in ("steps", "batch_size", "num_samples", "generation", "grpo", "optimizer", "data"):
+    for key in ("steps", "batch_size", "num_samples", "generation", "grpo", "optimizer", "data", "prompt"):
         assert getattr(recipe.stages[0], key) == getattr(original, key), key
-    assert raw["stages"][2]["reward"]["name"] == "alternating", "the curriculum dict must not be changed"
+    assert raw["stages"][-1]["reward"]["name"] == "alternating", "the curriculum dict must not be changed"
 
 
 def test_recipe_with_other_stages_is_refused(tmp_path):
     path = tmp_path / "r.yaml"
-    raw = read_raw(read_raw_path())
+    raw = read_raw(DEFAULT_RECIPE)
     raw["stages"] = raw["stages"][1:]
     path.write_text(json.dumps(raw))
     with pytest.raises(RecipeError, match="stage0"):
@@ -168,7 +193,7 @@ def test_evaluate_problems_scores_a_real_tiny_model(tiny_checkpoint):
     torch.manual_seed(0)
     model, tok, tags = load_for_eval(str(tiny_checkpoint))
     problems = heldout_problems("easy", 3)
-    settings = EvalSettings(samples=2, max_new_tokens=24, max_path_tokens=8, max_summary_tokens=4)
+    settings = EvalSettings(samples=2, generation={"max_new_tokens": 24, "max_path_tokens": 8, "max_summary_tokens": 4})
     out = evaluate_problems(model, tok, tags, problems, settings)
     assert out["num_problems"] == 3 and out["samples"] == 2
     assert len(out["per_problem_accuracy"]) == 3 and 0.0 <= out["accuracy"] <= 1.0
@@ -182,9 +207,9 @@ def test_evaluate_problems_scores_a_real_tiny_model(tiny_checkpoint):
 
 
 def test_teacher_table_counts_the_recipes_own_problems(tmp_path):
-    raw = curriculum_raw(read_raw_path(), seed=0, quick=True)
+    raw = curriculum_raw(DEFAULT_RECIPE, seed=0, quick=True)
     raw["stages"][1]["data"]["kwargs"]["n"] = 40
-    raw["stages"][2]["data"]["kwargs"]["n"] = 30
+    raw["stages"][-1]["data"]["kwargs"]["n"] = 30
     table = teacher_table(raw, tmp_path)
     easy, hard = table["splits"]["toy-easy"], table["splits"]["toy-hard"]
     assert (easy["samples"], hard["samples"]) == (40, 30)
@@ -197,7 +222,7 @@ def test_teacher_table_counts_the_recipes_own_problems(tmp_path):
 
 
 def test_teacher_table_refuses_a_recipe_with_other_data(tmp_path):
-    raw = curriculum_raw(read_raw_path(), seed=0, quick=True)
+    raw = curriculum_raw(DEFAULT_RECIPE, seed=0, quick=True)
     raw["stages"][1]["data"] = {"path": "x.jsonl"}
     with pytest.raises(ValueError, match="cold_start_rows"):
         teacher_table(raw, tmp_path)
@@ -217,12 +242,12 @@ def test_stage_checkpoints_reads_the_stage_end_ones(tmp_path):
     write(15, 1, False)
     write(20, 1, True)
     write(25, 2, True)
-    found = stage_checkpoints(tmp_path)
+    found = stage_checkpoints(tmp_path, ["stage0", "sft", "rl"])
     assert {k: v.name for k, v in found.items()} == {"stage0": "step-000010", "sft": "step-000020", "rl": "step-000025"}
     (tmp_path / "checkpoints" / "step-000025" / "trainer_state.json").unlink()
     (tmp_path / "checkpoints" / "step-000025").rmdir()
     with pytest.raises(AssertionError, match="rl"):
-        stage_checkpoints(tmp_path)
+        stage_checkpoints(tmp_path, ["stage0", "sft", "rl"])
 
 
 def test_mean_sd_and_ablation_summary():
@@ -245,7 +270,6 @@ def fake_report(rl_acc=0.30, wall=500.0, ablation=None) -> dict:
                  "sets": {"hard": {"problems": 200, "seed": EVAL_SEED}, "easy": {"problems": 200, "seed": EVAL_SEED}}},
         "stages": {"stage0": {**stage, "parallel_ratio": 0.0, "relative_position": None}, "sft": stage,
                    "rl": {**stage, "hard_accuracy": rl_acc, "parallel_ratio": 0.4}},
-        "rl_vs_sft": paired_difference([0.2] * 10 + [0.0] * 40, [0.2] * 10 + [0.0] * 40),
         "rl_dynamics": {"steps": 40, "window": 10, "first": {"accuracy": 0.1}, "last": {"accuracy": 0.3}},
         "outputs": {"plots": ["plots/parallel_ratio.png"]},
         "ablation": ablation,
@@ -254,6 +278,7 @@ def fake_report(rl_acc=0.30, wall=500.0, ablation=None) -> dict:
                       "load_average_end": [1.0, 1.0, 1.0], "phases": {"train": {"wall_s": 400.0, "cpu_s": 390.0}}},
     }  # fmt: skip
     report["rl_vs_sft"] = paired_difference([0.0] * 25 + [1.0] * 25, [1.0] * 25 + [1.0] * 25)
+    report["rl_vs_start"] = {**report["rl_vs_sft"], "start": "sft"}
     return report
 
 

@@ -3,11 +3,14 @@
 Arms, each the curriculum's own ``rl`` stage (``recipes.rl_only_raw``) run by ``train.runner`` under
 seeds ``DemoConfig.ablation_seeds`` into ``DIR/ablation/<arm>-seed<S>/``:
 
-| arm         | starts from            | reward      | plays                                  |
-|-------------|------------------------|-------------|----------------------------------------|
-| sequential  | stage-0 checkpoint     | accuracy    | GRPO without format SFT (Table 2 GRPO) |
-| accuracy    | SFT checkpoint         | accuracy    | Table 4 "accuracy"                     |
-| alternating | SFT checkpoint         | alternating | Table 4 "alternating" (S2)             |
+| arm         | starts from                       | reward      | plays                                  |
+|-------------|-----------------------------------|-------------|----------------------------------------|
+| sequential  | stage-0 checkpoint                | accuracy    | GRPO without format SFT (Table 2 GRPO) |
+| accuracy    | checkpoint the final RL starts at | accuracy    | Table 4 "accuracy"                     |
+| alternating | checkpoint the final RL starts at | alternating | Table 4 "alternating" (S2)             |
+
+"The checkpoint the final RL starts at" is the end of the stage before ``rl`` in the recipe: the
+cold-start SFT checkpoint, or (demo recipe) the end of the easy RL stage that follows it.
 
 Each arm's final policy is evaluated like the main run (same held-out sets and settings); the table
 gives the mean and the standard deviation over seeds, which is the seed noise the targets refer to.
@@ -20,14 +23,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from parallel_r1.demo.recipes import rl_only_raw, to_recipe
+from parallel_r1.demo.recipes import FIRST, rl_only_raw, to_recipe
 
+START = "start"  # stands for the checkpoint the main run's final RL stage started from
 ARMS = (
-    ("sequential", "stage0", "accuracy"),
-    ("accuracy", "sft", "accuracy"),
-    ("alternating", "sft", "alternating"),
+    ("sequential", FIRST, "accuracy"),
+    ("accuracy", START, "accuracy"),
+    ("alternating", START, "alternating"),
 )
-EXTRA_ARMS = (("parallel_only", "sft", "parallel_only"),)
+EXTRA_ARMS = (("parallel_only", START, "parallel_only"),)
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:
@@ -43,6 +47,9 @@ def run_arm(demo, arm: str, start: str, reward: str, seed: int, checkpoints: dic
     """Train one arm under one seed and evaluate its final policy on the held-out hard set."""
     from parallel_r1.train.checkpoint import latest_checkpoint
     from parallel_r1.train.runner import run_recipe
+
+    if start == START:
+        start = demo.names[-2]  # the stage before the final RL one
 
     name = f"{arm}-seed{seed}"
     out = demo.cfg.output / "ablation" / name

@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from parallel_r1.data.problem import Problem
 from parallel_r1.eval.metrics import benchmark_metrics
@@ -27,23 +27,20 @@ from parallel_r1.eval.run import to_record
 
 @dataclass(frozen=True)
 class EvalSettings:
+    """How every checkpoint is evaluated; the demo fills ``template``, ``generation`` and ``mode`` from
+    the recipe's RL stage, so evaluation samples exactly as RL does (PAPER.md 6: temperature 1.0)."""
+
     samples: int = 2  # responses per problem
-    temperature: float = 1.0
-    max_new_tokens: int = 320
-    max_path_tokens: int = 150
-    max_summary_tokens: int = 40
-    max_blocks: int = 2
     seed: int = 1234  # sampling seed; the same for every checkpoint
     template: str = "{problem}"
+    generation: dict = field(default_factory=dict)  # engine SamplingConfig fields (temperature, budgets, ...)
     mode: str = "unseen"
     batch_rows: int = 64  # rows the engine decodes at once
 
     def sampling(self):
         from parallel_r1.engine.sampling import SamplingConfig
 
-        return SamplingConfig(temperature=self.temperature, max_new_tokens=self.max_new_tokens,
-                              max_path_tokens=self.max_path_tokens, max_summary_tokens=self.max_summary_tokens,
-                              max_blocks=self.max_blocks, seed=self.seed, mode=self.mode)  # fmt: skip
+        return SamplingConfig(**self.generation, seed=self.seed, mode=self.mode)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -4,10 +4,11 @@ In order (each step a phase of the resource meter):
 1. teacher: the scripted teacher on the SFT and RL problems, validated and counted (Table 1 shape);
 2. train: ``configs/demo/demo.yaml`` through ``train.runner.run_recipe`` into ``DIR`` itself, so
    ``DIR/metrics.jsonl`` and ``DIR/checkpoints/`` are the runner's own: stage 0 (pretraining),
-   cold-start SFT, GRPO with the alternating reward. Each stage ends with a kept checkpoint;
+   cold-start SFT, GRPO on easy problems with the gated parallel reward, GRPO on hard problems with
+   the alternating reward. Each stage ends with a kept checkpoint;
 3. export: the final policy (with its tokenizer) copied to ``DIR/model``;
-4. eval: the stage-0, SFT and RL checkpoints (the last one loaded from ``DIR/model``) on the fixed
-   held-out hard and easy sets, same settings for all (``demo.evaluate``);
+4. eval: every stage's checkpoint (the last one loaded from ``DIR/model``) on the fixed held-out hard
+   and easy sets, same settings for all (``demo.evaluate``);
 5. ablation (``--ablation``): RL arms from the same checkpoints over several seeds (``demo.ablation``);
 6. report: ``DIR/report.json``, ``DIR/report.md`` and ``DIR/plots/*.png`` (``demo.report``).
 """
@@ -17,16 +18,17 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
 
 from parallel_r1.demo.data import EVAL_SEED, heldout_problems
 from parallel_r1.demo.evaluate import EvalSettings, evaluate_problems, load_for_eval
-from parallel_r1.demo.recipes import DEFAULT_RECIPE, STAGES, curriculum_raw, to_recipe
+from parallel_r1.demo.recipes import DEFAULT_RECIPE, FINAL, curriculum_raw, stage_names, to_recipe
 from parallel_r1.demo.resources import Meter
 from parallel_r1.demo.teacher_stats import teacher_table
+from parallel_r1.train.data import template_text
 
 QUICK_EVAL_PROBLEMS = 16
 
@@ -56,7 +58,7 @@ class DemoConfig:
         assert self.threads >= 1, f"threads must be >= 1, got {self.threads}"
 
 
-def stage_checkpoints(run_dir: Path, names: tuple[str, ...] = STAGES) -> dict[str, Path]:
+def stage_checkpoints(run_dir: Path, names: list[str]) -> dict[str, Path]:
     """The checkpoint that closes each stage (``trainer_state.json`` says which stage and that it is done)."""
     from parallel_r1.train.checkpoint import read_state
 
@@ -79,6 +81,10 @@ class Demo:
         self.cfg, self.console, self.meter = cfg, console or Console(stderr=True), Meter()
         self.raw = curriculum_raw(cfg.recipe, cfg.seed, cfg.quick, cfg.overrides)
         self.recipe = to_recipe(self.raw)  # validated before any compute
+        self.names = stage_names(self.raw)
+        rl = self.recipe.stages[-1]
+        template = template_text(rl.prompt, f"stages[{len(self.names) - 1}].prompt")
+        cfg.eval = replace(cfg.eval, template=template, generation=dict(rl.generation), mode=self.recipe.mode)
         self.results: dict = {}
         self.heldout = {s: heldout_problems(s, cfg.eval_problems) for s in ("hard", "easy")}
 
@@ -101,11 +107,12 @@ class Demo:
             self.results["teacher"] = self.teacher()
         with self.meter.phase("train"):
             self.train()
-        checkpoints = stage_checkpoints(out)
+        checkpoints = stage_checkpoints(out, self.names)
         with self.meter.phase("export"):
-            shutil.copytree(checkpoints["rl"] / "model", out / "model")
+            shutil.copytree(checkpoints[FINAL] / "model", out / "model")
         with self.meter.phase("eval"):
-            sources = {"stage0": checkpoints["stage0"] / "model", "sft": checkpoints["sft"] / "model", "rl": out / "model"}
+            # the final policy is evaluated from DIR/model, which also checks that the export loads
+            sources = {name: checkpoints[name] / "model" for name in self.names} | {FINAL: out / "model"}
             self.results["eval"] = {name: self.evaluate(name, path) for name, path in sources.items()}
         self.results["checkpoints"] = {k: str(v.relative_to(out)) for k, v in checkpoints.items()}
         if self.cfg.ablation:

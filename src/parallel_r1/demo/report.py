@@ -1,8 +1,9 @@
 """The demo's report: ``report.json`` (numbers), ``report.md`` (tables) and ``plots/*.png``.
 
-1. ``stages``: per checkpoint (stage0, sft, rl) the held-out figures; ``hard_accuracy`` and
+1. ``stages``: per stage-end checkpoint (stage0, sft, ..., rl) the held-out figures; ``hard_accuracy`` and
    ``parallel_ratio`` are on the hard set (the keys the issue fixes), ``easy_*`` on the easy set.
-2. ``rl_vs_sft``: the paired difference in hard accuracy, RL minus SFT, on the same problems.
+2. ``rl_vs_sft`` / ``rl_vs_start``: the paired difference in hard accuracy, final policy minus the
+   SFT checkpoint / minus the checkpoint the final RL stage started from, on the same problems.
 3. ``rl_dynamics``: training-time means over the first and the last steps of RL (accuracy, parallel
    ratio, relative block position), read from ``metrics.jsonl``.
 4. Plots: ``parallel_r1.report.plots.draw_all`` over ``metrics.jsonl`` (reward / accuracy, parallel
@@ -18,7 +19,7 @@ import json
 from pathlib import Path
 
 from parallel_r1.demo.evaluate import paired_difference
-from parallel_r1.demo.recipes import STAGES
+from parallel_r1.demo.recipes import COLD_START, FINAL
 
 WALL_TARGET_S = 600.0
 RSS_TARGET_MB = 4096.0
@@ -41,7 +42,7 @@ def _stage_row(ev: dict) -> dict:
     return row
 
 
-def rl_dynamics(metrics_path: Path, stage: str = "rl", window: int = DYNAMICS_WINDOW) -> dict:
+def rl_dynamics(metrics_path: Path, stage: str = FINAL, window: int = DYNAMICS_WINDOW) -> dict:
     rows = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     rl = [r for r in rows if r["stage"] == stage]
     assert rl, f"{metrics_path}: no rows of stage {stage!r}"
@@ -56,14 +57,15 @@ def rl_dynamics(metrics_path: Path, stage: str = "rl", window: int = DYNAMICS_WI
             "first": {k: mean(rl[:w], k) for k in keys}, "last": {k: mean(rl[-w:], k) for k in keys}}  # fmt: skip
 
 
-def draw_plots(out: Path, ablation: dict | None) -> list[str]:
+def draw_plots(out: Path, ablation: dict | None) -> tuple[list[str], list[str]]:
+    """(written plots relative to ``out``, plots skipped for lack of data, e.g. no block in any rollout)."""
     from parallel_r1.report.load import load_metrics
     from parallel_r1.report.plots import draw_all
 
-    written, _ = draw_all(load_metrics(out / "metrics.jsonl"), out / "plots")
+    written, skipped = draw_all(load_metrics(out / "metrics.jsonl"), out / "plots")
     if ablation is not None:
         written += draw_ablation(out, ablation)
-    return [str(Path(p).relative_to(out)) for p in written]
+    return [str(Path(p).relative_to(out)) for p in written], skipped
 
 
 def draw_ablation(out: Path, ablation: dict) -> list[Path]:
@@ -99,20 +101,27 @@ def build_report(demo) -> dict:
     out, results = demo.cfg.output, demo.results
     ev = results["eval"]
     ablation = results.get("ablation")
+    plots, skipped = draw_plots(out, ablation)
     return {
         "config": demo.config_record(),
         "recipe": demo.raw,
         "teacher": {"splits": results["teacher"]["splits"], "teacher_seed": results["teacher"]["teacher_seed"]},
         "eval": demo.eval_record(),
         "stages": {name: {**_stage_row(ev[name]), "steps": demo.recipe.stages[i].steps}
-                   for i, name in enumerate(STAGES)},  # fmt: skip
-        "rl_vs_sft": paired_difference(ev["sft"]["hard"]["per_problem_accuracy"], ev["rl"]["hard"]["per_problem_accuracy"]),
+                   for i, name in enumerate(demo.names)},  # fmt: skip
+        "rl_vs_sft": _paired(ev, COLD_START),
+        "rl_vs_start": _paired(ev, demo.names[-2]) | {"start": demo.names[-2]},
         "rl_dynamics": rl_dynamics(out / "metrics.jsonl"),
         "checkpoints": results["checkpoints"],
         "ablation": ablation,
-        "outputs": {"model": "model", "metrics": "metrics.jsonl", "plots": draw_plots(out, ablation),
+        "outputs": {"model": "model", "metrics": "metrics.jsonl", "plots": plots, "plots_skipped": skipped,
                     "report_md": "report.md", "eval": "eval/", "teacher_traces": "data/traces.jsonl"},  # fmt: skip
     }
+
+
+def _paired(ev: dict, before: str) -> dict:
+    """Hard accuracy of the final policy minus that of checkpoint ``before``, paired by problem."""
+    return paired_difference(ev[before]["hard"]["per_problem_accuracy"], ev[FINAL]["hard"]["per_problem_accuracy"])
 
 
 def targets(report: dict) -> list[dict]:
@@ -127,7 +136,7 @@ def targets(report: dict) -> list[dict]:
          "measured": f"{100 * diff['difference']:+.1f} pts ± {100 * diff['se']:.1f} (z = {_fmt(diff['z'])})",
          "met": diff["z"] is not None and diff["z"] > 2},
         {"target": "parallel ratio after RL > 0", "measured": f"{100 * stages['rl']['parallel_ratio']:.1f}%",
-         "met": stages["rl"]["parallel_ratio"] > 0},
+         "met": stages[FINAL]["parallel_ratio"] > 0},
     ]  # fmt: skip
     arms = (report.get("ablation") or {}).get("arms", {})
     if "alternating" in arms:
@@ -145,6 +154,14 @@ def targets(report: dict) -> list[dict]:
 
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.2f}"
+
+
+def _diff(d: dict) -> str:
+    return f"{100 * d['difference']:+.1f} points ± {100 * d['se']:.1f} (z = {_fmt(d['z'])})"
+
+
+def _settings(generation: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in generation.items()) or "engine defaults"
 
 
 def _pct(value, se=None) -> str:
@@ -196,16 +213,16 @@ def markdown(report: dict, teacher_md: str) -> str:
         "",
         f"## Held-out evaluation ({hard['problems']} toy-hard and {ev['sets']['easy']['problems']} toy-easy problems, seed {hard['seed']})",
         "",
-        f"{s['samples']} samples per problem at temperature {s['temperature']}, at most {s['max_new_tokens']} tokens, "
-        f"{s['mode']} decoding; the same settings and sampling seed ({s['seed']}) for every checkpoint. "
+        f"{s['samples']} samples per problem, prompt {s['template']!r}, sampled as in RL ({s['mode']} decoding, "
+        f"{_settings(s['generation'])}); the same settings and sampling seed ({s['seed']}) for every checkpoint. "
         "± is the standard error over problems.",
         "",
         results_table(report),
         "",
-        f"RL minus SFT on toy-hard (paired, same problems): {100 * report['rl_vs_sft']['difference']:+.1f} points "
-        f"± {100 * report['rl_vs_sft']['se']:.1f} (z = {_fmt(report['rl_vs_sft']['z'])}).",
+        f"Final policy minus SFT on toy-hard (paired, same problems): {_diff(report['rl_vs_sft'])}; "
+        f"minus the checkpoint the final RL started from ({report['rl_vs_start']['start']}): {_diff(report['rl_vs_start'])}.",
         "",
-        f"## RL training dynamics (first vs last {dyn['window']} of {dyn['steps']} steps, training rollouts)",
+        f"## Final RL stage: training dynamics (first vs last {dyn['window']} of {dyn['steps']} steps, training rollouts)",
         "",
         "| metric | first | last |",
         "|---|---|---|",
