@@ -46,6 +46,7 @@ class RLBenchConfig:
     mode: str = "unseen"  # our sampling/training mode: "unseen" (no blocks) | "sequential" (causal)
     threads: int = 1  # torch CPU threads, both sides
     seed: int = 0
+    share_prompts: bool = True  # our update computes each group's prompt once (False: the full forward)
 
     def __post_init__(self) -> None:
         assert self.mode in OUR_MODES, f"mode must be one of {OUR_MODES}, got {self.mode!r}"
@@ -71,13 +72,16 @@ def run_rl_bench(cfg: RLBenchConfig, output: Path | None = None, log=print) -> d
     ``metrics.jsonl`` and TRL's output dir go (a temporary directory by default)."""
     import torch
 
+    from parallel_r1.bench.rl_ours import prompt_sharing
+
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        if output is not None:
-            return _run(cfg, Path(output), log)
-        with tempfile.TemporaryDirectory(prefix="bench-rl-") as tmp:
-            return _run(cfg, Path(tmp), log)
+        with prompt_sharing(cfg.share_prompts):
+            if output is not None:
+                return _run(cfg, Path(output), log)
+            with tempfile.TemporaryDirectory(prefix="bench-rl-") as tmp:
+                return _run(cfg, Path(tmp), log)
     finally:
         torch.set_num_threads(threads)
 
@@ -114,14 +118,14 @@ def run_rl_profile(cfg: RLBenchConfig, output: Path | None = None, log=print) ->
     (``rl_profile``) over ``repeats`` steps of the same work as the A/B."""
     import torch
 
-    from parallel_r1.bench.rl_ours import OurGRPO, bench_stage
+    from parallel_r1.bench.rl_ours import OurGRPO, bench_stage, prompt_sharing
     from parallel_r1.bench.rl_profile import profile_our_steps
     from parallel_r1.data.toy_model import build_tiny_model
 
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        with tempfile.TemporaryDirectory(prefix="bench-rl-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="bench-rl-") as tmp, prompt_sharing(cfg.share_prompts):
             tokenizer, items, _, _ = _workload(cfg)
             model = build_tiny_model(tokenizer, cfg.seed, cfg.model_size)
             stage = bench_stage(cfg.prompts, cfg.group, cfg.completion_len, cfg.lr, cfg.steps)
@@ -189,7 +193,8 @@ def _figures(cfg: RLBenchConfig, alternate, trainer, trl_generate: list[float], 
             "ours": [min(r["response_length_mean"] for r in rows), max(r["response_length_mean"] for r in rows)],
             "trl": [min(h["completions/min_length"] for h in trl_logs), max(h["completions/max_length"] for h in trl_logs)],
         },
-        "our_side": f"grpo_train_step, {cfg.mode} mode" + (" with max_blocks=0" if cfg.mode == "unseen" else ""),
+        "our_side": f"grpo_train_step, {cfg.mode} mode" + (" with max_blocks=0" if cfg.mode == "unseen" else "")
+        + ("" if cfg.share_prompts else ", prompt sharing off"),
         "params": params,
         **asdict(cfg),
         "samples_per_step_setting": samples,
@@ -222,6 +227,8 @@ def bench_rl(
     warmup: Annotated[int | None, typer.Option(help="untimed A/B step pairs first")] = None,
     mode: Annotated[str | None, typer.Option(help="our mode: unseen (no blocks, default) | sequential")] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads for both sides (default 1)")] = None,
+    share_prompts: Annotated[bool, typer.Option(
+        help="our update computes each prompt once for its samples (--no-share-prompts: before/after)")] = True,
     output: Annotated[Path | None, typer.Option(help="keep our metrics.jsonl and TRL's output dir here")] = None,
     profile: Annotated[bool, typer.Option(
         help="instead of the A/B: where our step spends its time, per section (TRL not needed)")] = False,
@@ -229,7 +236,7 @@ def bench_rl(
     """Our GRPO step vs TRL's GRPOTrainer on the same work (needs ``pip install trl``); last stdout
     line is one JSON object with ``vs_trl`` (our samples/s over TRL's, median of A/B pairs)."""
     cfg = make_config(quick, model_size=model_size, prompts=prompts, group=group, completion_len=completion_len,
-                      repeats=repeats, warmup=warmup, mode=mode, threads=threads)
+                      repeats=repeats, warmup=warmup, mode=mode, threads=threads, share_prompts=share_prompts)
     log = lambda m: print(m, flush=True)  # noqa: E731
     if profile:
         print(json.dumps(run_rl_profile(cfg, output=output, log=log)), flush=True)

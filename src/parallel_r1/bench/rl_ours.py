@@ -16,8 +16,9 @@ Departures from a recipe run, each to make the comparison with TRL like for like
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -32,6 +33,22 @@ from parallel_r1.train.dist import Dist
 from parallel_r1.train.metrics import MetricsLog
 from parallel_r1.train.optim import build_optimizer, build_scheduler
 from parallel_r1.train.stages import PromptItem, StageData, StepContext, grpo_train_step
+
+
+@contextlib.contextmanager
+def prompt_sharing(on: bool) -> Iterator[None]:
+    """``on=False``: the update scores every row with one full forward (``share_prompts=False``), the
+    path before prompt sharing, for a before/after comparison; ``on=True`` changes nothing. The
+    runner's ``GRPOConfig`` has no recipe setting for it, hence the wrapper around the call."""
+    from parallel_r1.train import grpo
+
+    inner = grpo.response_logprobs
+    if not on:
+        grpo.response_logprobs = lambda *a, **k: inner(*a, **{**k, "share_prompts": False})
+    try:
+        yield
+    finally:
+        grpo.response_logprobs = inner
 
 
 class InOrder:

@@ -5,6 +5,9 @@ attention mode: "seen" gives plain causal masks and positions, "unseen" the stru
 
 It also places per-response-token values (a Rollout's loss mask, its sampling log-probs) at the
 positions the batch gives to response tokens, whatever padding side the builder uses.
+
+``shared_prefix`` finds the rows whose prompt columns are the same computation (a GRPO group's
+samples), so that ``logprobs`` can compute each prompt once.
 """
 
 from __future__ import annotations
@@ -86,3 +89,40 @@ def scatter_response(values: Sequence[Sequence[float]], response_mask: torch.Ten
     out[response_mask.cpu()] = torch.tensor(flat, dtype=torch.float32)
     return out.to(response_mask.device)
 
+
+@dataclass(frozen=True)
+class SharedPrefix:
+    """Rows of a ``TrainBatch`` whose first ``split`` columns are the same computation.
+
+    Rows b and c share their prefix when columns ``[0, split)`` hold the same ids, the same positions
+    and the same (split, split) mask block, and no query there sees a column >= split: then every
+    layer's keys / values over those columns are equal for b and c, so they are computed once.
+    rows: (U,) long, one representative row per distinct prefix (U < B);
+    index: (B,) long, row b's prefix is ``rows[index[b]]``'s.
+    """
+
+    split: int
+    rows: torch.Tensor
+    index: torch.Tensor
+
+
+def shared_prefix(batch: TrainBatch, split: int) -> SharedPrefix | None:
+    """The rows' shared prefixes over columns ``[0, split)``, or None when no two rows share one
+    (or the mask lets a prefix column see past ``split``, or is not an additive float mask)."""
+    b = batch.input_ids.shape[0]
+    mask = batch.attention_mask  # (B, 1, T, T), 0 = may attend, negative = blocked
+    if split < 1 or b < 2 or not mask.dtype.is_floating_point:
+        return None
+    key = torch.cat([batch.input_ids[:, :split], batch.position_ids[:, :split]], dim=1)  # (B, 2 split)
+    distinct, index = torch.unique(key, dim=0, return_inverse=True)
+    if len(distinct) == b:
+        return None
+    # first row holding each distinct prefix: (U,)
+    rows = torch.full((len(distinct),), b, dtype=torch.long, device=index.device)
+    rows = rows.scatter_reduce(0, index, torch.arange(b, device=index.device), reduce="amin")
+    block = mask[:, :, :split, :split]  # (B, 1, split, split)
+    if not torch.equal(block, block[rows[index]]):  # same ids and positions, other mask: don't share
+        return None
+    if not bool((mask[:, :, :split, split:] < 0).all()):  # a prefix query sees a later column
+        return None
+    return SharedPrefix(split, rows, index)

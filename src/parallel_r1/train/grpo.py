@@ -20,6 +20,9 @@ What it does, for one batch of rollouts (``n`` samples for each prompt):
    (the data order already shuffled the prompts), the same split every epoch as in the reference;
    one optimiser step per minibatch. Under several processes each holds every ``world_size``-th
    prompt of the step, so minibatch k is the same set of prompts whatever the number of processes.
+6. Rows of a micro-batch that share a prompt have it computed once per forward (``share_prompts``,
+   see ``logprobs``): the same log-probs and gradients, less work. Micro-batches are still formed
+   by length, so a group's rows share only when they land in the same micro-batch.
 
 Departures from the reference (verl 0.4.1): none in the math above; the log ratio is clamped to
 [-20, 20] before ``exp`` as there. Old log-probs use the structured mask for Unseen models, which the
@@ -28,6 +31,7 @@ reference cannot do because its sampler runs causal positions.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +60,7 @@ class GRPOConfig:
     micro_batch_size: int = 4  # rows per forward
     max_grad_norm: float | None = 1.0
     temperature: float = 1.0  # the sampling temperature; logits are divided by it
+    share_prompts: bool = True  # compute a prompt shared by rows of a micro-batch once (exact; logprobs.py)
 
     def __post_init__(self) -> None:
         assert 0 <= self.clip_low < 1, f"clip_low must be in [0, 1), got {self.clip_low}"
@@ -233,8 +238,10 @@ def _fill_old_logprobs(model, ref_model, plan, cfg: GRPOConfig, build: BatchBuil
             continue
         for micro in minibatch:
             batch = _batch(micro, build, model, dist)
-            old = response_logprobs(model, batch, cfg.temperature)[0] if k > 0 else None
-            ref = response_logprobs(ref_model, batch, cfg.temperature)[0] if ref_model is not None else None
+            score = functools.partial(response_logprobs, batch=batch, temperature=cfg.temperature,
+                                      share_prompts=cfg.share_prompts)  # fmt: skip
+            old = score(model)[0] if k > 0 else None
+            ref = score(ref_model)[0] if ref_model is not None else None
             for i, row in enumerate(micro):
                 sel = batch.response_mask[i]
                 if old is not None:
@@ -278,7 +285,9 @@ def _micro_backward(model, micro: list[_Row], cfg: GRPOConfig, build, dist: Dist
     batch = _batch(micro, build, model, dist)
     mask = scatter_response([r.loss_mask for r in micro], batch.response_mask)  # (B, T)
     adv = torch.tensor([r.advantage for r in micro], device=mask.device)[:, None].expand_as(mask)
-    logprobs, entropy = response_logprobs(model, batch, cfg.temperature, with_entropy=True)
+    logprobs, entropy = response_logprobs(
+        model, batch, cfg.temperature, with_entropy=True, share_prompts=cfg.share_prompts
+    )
     if micro[0].old_logprobs is None:  # first minibatch, no optimiser step yet: old = this forward
         old = logprobs.detach()
         for i, row in enumerate(micro):
