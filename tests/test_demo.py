@@ -279,6 +279,7 @@ def fake_report(rl_acc=0.30, wall=500.0, ablation=None) -> dict:
     }  # fmt: skip
     report["rl_vs_sft"] = paired_difference([0.0] * 25 + [1.0] * 25, [1.0] * 25 + [1.0] * 25)
     report["rl_vs_start"] = {**report["rl_vs_sft"], "start": "sft"}
+    report["stage0_own_prompt"] = {**stage, "parallel_ratio": 0.0, "template": "{problem}"}
     return report
 
 
@@ -291,6 +292,8 @@ def test_targets_report_what_was_measured():
     assert met["wall"] and met["peak"]
     slow = fake_report(wall=900.0)
     assert [t["met"] for t in targets(slow)][:2] == [False, True]
+    slow["resources"]["phases"]["ablation"] = {"wall_s": 400.0, "cpu_s": 390.0}
+    assert targets(slow)[0]["met"] and targets(slow)[0]["measured"].startswith("500 s"), "the ablation is left out"
     flat = fake_report()
     flat["rl_vs_sft"] = paired_difference([0.5] * 10, [0.5] * 10)
     assert targets(flat)[2]["met"] is False
@@ -303,6 +306,7 @@ def test_markdown_has_the_tables():
     assert "| checkpoint | hard acc." in text and "| rl | 30.0 ± 2.0 | 40.0 |" in text
     assert "![plots/parallel_ratio.png](plots/parallel_ratio.png)" in text
     assert "## Targets" in text and "## Resources" in text and "| set | samples |" in text
+    assert "with the prompt it was trained with ('{problem}')" in text
 
 
 def test_meter_accumulates_phases():

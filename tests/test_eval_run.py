@@ -188,6 +188,16 @@ def test_tokenizer_without_tags_is_a_clear_error(tmp_path):
     assert res.exit_code == 1 and "lacks the parallel-thinking tags" in res.output
 
 
+def test_missing_local_model_path_is_a_clear_error(tmp_path):
+    (tmp_path / "latest").write_text("step-000100\n")
+    with pytest.raises(ModelLoadError, match=r"model path .*/nope does not exist"):
+        load_tokenizer(str(tmp_path / "nope"))
+    with pytest.raises(ModelLoadError, match=r"is a file, not a model directory"):
+        load_tokenizer(str(tmp_path / "latest"))
+    res = invoke(tmp_path / "nope", "--benchmarks", "toy-easy", "--output", tmp_path / "x.json")
+    assert res.exit_code == 1 and "does not exist" in res.output
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

@@ -11,7 +11,8 @@
 4. ``cold_start_rows``: stage 1: the scripted teacher's traces on easy problems, kept only when they
    pass the same validation as real teacher output (``teacher.filter_traces``), optionally with some
    stage-0 rows mixed back in (``replay``: the share of the set that is stage-0 text). Each row carries
-   its rendered prompt: traces the parallel prompt, replay rows stage 0's.
+   its rendered prompt (``template`` for traces, ``replay_template`` for replay rows; the demo recipe
+   gives both the parallel prompt, so under it the model keeps writing both formats).
 5. ``rl_problems``: GRPO rows (question and answer only).
 
 Every row is a dict ``{id, question, answer[, response][, prompt]}``, the shape the recipe's data
@@ -119,8 +120,10 @@ def cold_start_rows(n: int, seed: int, teacher_seed: int, replay: float = 0.0, r
     easy and hard problems drawn under ``replay_seed``, default ``seed + 1``, with stage 0's share of
     ``changes_first`` solutions); 0 gives traces only.
     Every row carries its ready ``prompt``: traces rendered with ``template`` (the prompt RL and
-    evaluation use), replay rows with ``replay_template`` (stage 0's), so the prompt, not the
-    problem's difficulty, is what tells the two formats apart.
+    evaluation use), replay rows with ``replay_template``. With stage 0's bare prompt there, the
+    prompt alone tells the formats apart and the parallel prompt is only ever seen on easy problems;
+    with the parallel prompt for both (the demo recipe), the model meets hard problems under the
+    prompt RL uses and writes both formats there, which measured better on toy-hard.
     """
     assert 0.0 <= replay < 1.0, f"replay must be in [0, 1), got {replay}"
     kept = [_row_from_trace(t, template) for t in filter_traces(cold_start_traces(n, seed, teacher_seed))]

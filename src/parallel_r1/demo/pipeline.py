@@ -25,7 +25,7 @@ from rich.console import Console
 
 from parallel_r1.demo.data import EVAL_SEED, heldout_problems
 from parallel_r1.demo.evaluate import EvalSettings, evaluate_problems, load_for_eval
-from parallel_r1.demo.recipes import DEFAULT_RECIPE, FINAL, curriculum_raw, stage_names, to_recipe
+from parallel_r1.demo.recipes import DEFAULT_RECIPE, FINAL, FIRST, curriculum_raw, stage_names, to_recipe
 from parallel_r1.demo.resources import Meter
 from parallel_r1.demo.teacher_stats import teacher_table
 from parallel_r1.train.data import template_text
@@ -84,7 +84,8 @@ class Demo:
         self.names = stage_names(self.raw)
         rl = self.recipe.stages[-1]
         template = template_text(rl.prompt, f"stages[{len(self.names) - 1}].prompt")
-        cfg.eval = replace(cfg.eval, template=template, generation=dict(rl.generation), mode=self.recipe.mode)
+        # every checkpoint is evaluated as the final RL stage samples (prompt, budgets, temperature, mode)
+        self.settings = replace(cfg.eval, template=template, generation=dict(rl.generation), mode=self.recipe.mode)
         self.results: dict = {}
         self.heldout = {s: heldout_problems(s, cfg.eval_problems) for s in ("hard", "easy")}
 
@@ -114,6 +115,9 @@ class Demo:
             # the final policy is evaluated from DIR/model, which also checks that the export loads
             sources = {name: checkpoints[name] / "model" for name in self.names} | {FINAL: out / "model"}
             self.results["eval"] = {name: self.evaluate(name, path) for name, path in sources.items()}
+            # Context, not a comparison row: the base model under the prompt it was trained with.
+            own = replace(self.settings, template=template_text(self.recipe.stages[0].prompt, "stages[0].prompt"))
+            self.results["stage0_own_prompt"] = self.evaluate(f"{FIRST}-own-prompt", sources[FIRST], settings=own)
         self.results["checkpoints"] = {k: str(v.relative_to(out)) for k, v in checkpoints.items()}
         if self.cfg.ablation:
             from parallel_r1.demo.ablation import run_ablation
@@ -137,19 +141,22 @@ class Demo:
         _quiet_logging()
         run_recipe(self.recipe, self.cfg.output)
 
-    def evaluate(self, name: str, model_dir: Path, splits: tuple[str, ...] = ("hard", "easy")) -> dict:
+    def evaluate(self, name: str, model_dir: Path, splits: tuple[str, ...] = ("hard", "easy"),
+                 settings: EvalSettings | None = None) -> dict:  # fmt: skip
         """Evaluate one checkpoint on the held-out splits; writes ``DIR/eval/<name>.json``."""
         from rich.progress import Progress
 
+        settings = settings or self.settings
         model, tokenizer, tag_ids = load_for_eval(str(model_dir))
         result = {"model": str(model_dir.relative_to(self.cfg.output)) if model_dir.is_relative_to(self.cfg.output)
                   else str(model_dir)}  # fmt: skip
         with Progress(console=self.console, transient=True) as bar:
             for split in splits:
                 task = bar.add_task(f"eval {name} on held-out toy-{split}", total=None)
-                result[split] = evaluate_problems(model, tokenizer, tag_ids, self.heldout[split], self.cfg.eval)
+                result[split] = evaluate_problems(model, tokenizer, tag_ids, self.heldout[split], settings)
                 bar.remove_task(task)
         self._print_eval(name, result, splits)
+        result["settings"] = settings.to_dict()
         path = self.cfg.output / "eval" / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=1), encoding="utf-8")
@@ -162,7 +169,7 @@ class Demo:
 
     def eval_record(self) -> dict:
         return {
-            "settings": self.cfg.eval.to_dict(),
+            "settings": self.settings.to_dict(),
             "sets": {s: {"name": f"toy-{s}", "seed": EVAL_SEED, "problems": len(p)} for s, p in self.heldout.items()},
             "noise": "accuracy_se: standard error over problems of per-problem mean accuracy",
         }
@@ -180,7 +187,9 @@ class Demo:
 
     def config_record(self) -> dict:
         cfg = asdict(self.cfg)
+        cfg.pop("eval")  # the settings actually used are in the report's eval.settings
         cfg["output"], cfg["recipe"] = str(self.cfg.output), str(self.cfg.recipe)
+        cfg["eval_samples"] = self.settings.samples
         return cfg
 
 

@@ -111,6 +111,7 @@ def build_report(demo) -> dict:
                    for i, name in enumerate(demo.names)},  # fmt: skip
         "rl_vs_sft": _paired(ev, COLD_START),
         "rl_vs_start": _paired(ev, demo.names[-2]) | {"start": demo.names[-2]},
+        "stage0_own_prompt": _stage_row(results["stage0_own_prompt"]) | {"template": results["stage0_own_prompt"]["settings"]["template"]},
         "rl_dynamics": rl_dynamics(out / "metrics.jsonl"),
         "checkpoints": results["checkpoints"],
         "ablation": ablation,
@@ -127,9 +128,12 @@ def _paired(ev: dict, before: str) -> dict:
 def targets(report: dict) -> list[dict]:
     """Each target of the issue: what was measured and whether it was met."""
     res, stages, diff = report["resources"], report["stages"], report["rl_vs_sft"]
+    # the 10-minute target is for the demo without --ablation: leave the ablation phase out
+    extra = res["phases"].get("ablation", {"wall_s": 0.0, "cpu_s": 0.0})
+    wall, cpu = res["wall_s"] - extra["wall_s"], res["cpu_s"] - extra["cpu_s"]
     out = [
-        {"target": "wall time <= 600 s (2 cores)", "measured": f"{res['wall_s']:.0f} s (CPU {res['cpu_s']:.0f} s)",
-         "met": res["wall_s"] <= WALL_TARGET_S},
+        {"target": "wall time <= 600 s (2 cores), without the ablation",
+         "measured": f"{wall:.0f} s (CPU {cpu:.0f} s)", "met": wall <= WALL_TARGET_S},
         {"target": "peak RSS <= 4 GB", "measured": f"{res['peak_rss_mb']['self']:.0f} MB",
          "met": res["peak_rss_mb"]["self"] <= RSS_TARGET_MB},
         {"target": "RL hard accuracy above SFT by more than noise (paired z > 2)",
@@ -218,6 +222,10 @@ def markdown(report: dict, teacher_md: str) -> str:
         "± is the standard error over problems.",
         "",
         results_table(report),
+        "",
+        f"For context, not a comparison under the same settings: the stage-0 model with the prompt it was trained "
+        f"with ({report['stage0_own_prompt']['template']!r}) reaches {_pct(report['stage0_own_prompt']['hard_accuracy'], report['stage0_own_prompt']['hard_accuracy_se'])}% "
+        f"on toy-hard and {_pct(report['stage0_own_prompt']['easy_accuracy'], report['stage0_own_prompt']['easy_accuracy_se'])}% on toy-easy.",
         "",
         f"Final policy minus SFT on toy-hard (paired, same problems): {_diff(report['rl_vs_sft'])}; "
         f"minus the checkpoint the final RL started from ({report['rl_vs_start']['start']}): {_diff(report['rl_vs_start'])}.",
