@@ -117,3 +117,34 @@ def test_compact_repacks_live_slots_and_keeps_every_row_exact():
     expect0 = model(input_ids=torch.tensor([[5, 6, 7, 13, 17]])).logits[0, -1]
     expect1 = model(input_ids=torch.tensor([[8, 9, 10, 11, 12, 14, 15, 16, 18]])).logits[0, -1]
     assert torch.allclose(out[0], expect0, atol=1e-5) and torch.allclose(out[1], expect1, atol=1e-5)
+
+
+def test_owner_mask_matches_the_rule_slot_by_slot():
+    # the rule of the kvcache docstring, point 2, spelled out per (query, key) on random owners
+    gen = torch.Generator().manual_seed(0)
+    for num_queries in (1, 2, 5):
+        keys = torch.randint(-1, 4, (6, 12), generator=gen, dtype=torch.int8)
+        queries = keys[:, 12 - num_queries :].clone()  # the queries write the last Q slots
+        got = owner_mask(keys, queries, torch.float32)[:, 0]
+        assert got.dtype == torch.float32 and set(got.unique().tolist()) <= {0.0, torch.finfo(torch.float32).min}
+        for r in range(6):
+            for q in range(num_queries):
+                slot, qown = 12 - num_queries + q, int(queries[r, q])
+                for k in range(12):
+                    kown = int(keys[r, k])
+                    live = kown >= 0 and (qown == 0 or kown == 0 or kown == qown)
+                    assert (got[r, q, k] == 0) == ((live and k <= slot) or k == slot), (num_queries, r, q, k)
+
+
+def test_cpu_sdpa_masked_gqa_gives_the_bits_of_repeated_heads():
+    # the engine lets sdpa run grouped-query attention under its mask on CPU (engine._masked_gqa);
+    # that is only a speed-up if it returns exactly what transformers' repeat_kv path returns
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(3, h, n, 16, generator=gen) for h, n in ((4, 5), (2, 40), (2, 40)))
+    mask = torch.zeros(3, 1, 5, 40)
+    mask[:, :, :, :7] = torch.finfo(torch.float32).min
+    mask[1, :, 2, 20:30] = torch.finfo(torch.float32).min
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    grouped = sdpa(q, k, v, attn_mask=mask, enable_gqa=True)
+    repeated = sdpa(q, k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1), attn_mask=mask)
+    assert torch.equal(grouped, repeated)

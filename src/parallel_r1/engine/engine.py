@@ -28,7 +28,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import os
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -114,6 +116,8 @@ class Engine:
         self._check_prompts(prompts, num_samples)
         was_training = self.model.training
         self.model.eval()
+        # read once per call: ``device`` walks the module tree, too slow for every step
+        self._run_device, self._run_dtype = self.device, self.dtype
         try:
             with torch.inference_mode():
                 rows = self._run(prompts, num_samples, config, list(logits_processors))
@@ -127,9 +131,9 @@ class Engine:
     def _run(self, prompts, num_samples, config, processors) -> list[RowState]:
         waiting = deque(RowState(list(prompts[i]), i, s, config, self.tags, self._stop_checker(config))
                         for i in range(len(prompts)) for s in range(num_samples))
-        generator = make_generator(config.seed, self.device)
+        generator = make_generator(config.seed, self._run_device)
         rule_bias = self._rule_bias(config)
-        cache, rows, finished = SlotCache(self.device), [], []
+        cache, rows, finished = SlotCache(self._run_device), [], []
         sample = _Sampler(config, generator, rule_bias, processors)
         steps = 0
         while waiting or rows:
@@ -151,7 +155,7 @@ class Engine:
                     cache.select_rows(keep)
                     cache.trim_front()
                 else:
-                    cache = SlotCache(self.device)
+                    cache = SlotCache(self._run_device)
         return finished
 
     def _prefill(self, group: list[RowState], sample: _Sampler) -> SlotCache:
@@ -160,9 +164,9 @@ class Engine:
         unique: dict[tuple[int, ...], int] = {}
         for row in group:
             unique.setdefault(tuple(row.prompt_ids), len(unique))
-        cache, logits = SlotCache(self.device), []
+        cache, logits = SlotCache(self._run_device), []
         for chunk in _chunks(list(unique), self.prefill_tokens):
-            part = SlotCache(self.device)
+            part = SlotCache(self._run_device)
             feeds = [[Feed(t, i, 0, i == len(p) - 1) for i, t in enumerate(p)] for p in chunk]
             # no padding: let the model build its own causal mask (sdpa's causal kernel is faster)
             causal = len({len(p) for p in chunk}) == 1
@@ -170,7 +174,7 @@ class Engine:
             cache.extend(part)
         index = [unique[tuple(row.prompt_ids)] for row in group]
         cache.select_rows(index)
-        rows_logits = torch.cat(logits)[torch.tensor(index, device=self.device)]  # (len(group), V)
+        rows_logits = torch.cat(logits)[torch.tensor(index, device=self._run_device)]  # (len(group), V)
         sample(rows_logits, group, [(r, 0) for r in range(len(group))], [row.rule(0) for row in group])
         return cache
 
@@ -217,18 +221,21 @@ class Engine:
                 ids[r][offset + i], pos[r][offset + i], own[r][offset + i] = feed.token, feed.position, feed.owner
                 if feed.emit:
                     emits.append((r, offset + i, feed.owner))
-        device = self.device
-        owners = torch.tensor(own, dtype=torch.int8, device=device)  # (R, Q)
+        device = self._run_device
+        grid = torch.tensor([ids, pos, own], device=device)  # (3, R, Q): one host-to-device copy
+        owners = grid[2].to(torch.int8)  # (R, Q)
         cache.append_slots(owners)
         assert not causal or cache.length == width, "the causal shortcut needs an empty cache"
-        mask = None if causal else cache.attention_mask(owners, self.dtype)  # (R, 1, Q, K)
+        mask = None if causal else cache.attention_mask(owners, self._run_dtype)  # (R, 1, Q, K)
         keep = width - min(q for _, q, _ in emits)
         kwargs = {self._cache_kwarg: cache, "use_cache": True}
         if self._has_logits_to_keep:
             kwargs["logits_to_keep"] = keep
-        out = self.model(input_ids=torch.tensor(ids, device=device), attention_mask=mask,
-                         position_ids=torch.tensor(pos, device=device), **kwargs)
+        with _masked_gqa(mask is not None and width > 1 and device.type == "cpu"):
+            out = self.model(input_ids=grid[0], attention_mask=mask, position_ids=grid[1], **kwargs)
         logits = out.logits[:, -keep:]  # (R, keep, V)
+        if keep == 1 and len(emits) == len(feeds):  # every row emits from its last query, rows in order
+            return logits[:, 0], emits
         rows_idx = torch.tensor([r for r, _, _ in emits], device=device)
         cols_idx = torch.tensor([q - (width - keep) for _, q, _ in emits], device=device)
         return logits[rows_idx, cols_idx], emits
@@ -287,8 +294,11 @@ class _Sampler:
     def __call__(self, logits: torch.Tensor, rows: list[RowState], targets: list[tuple[int, int]],
                  rules: list[int]) -> None:
         # logits: (n, V), one row per (row index, branch) in targets
-        rule_index = torch.tensor(rules, device=self.rule_bias.device)
-        bias = None if all(r == RULE_FREE for r in rules) else self.rule_bias.index_select(0, rule_index)
+        bias = None
+        if any(r != rules[0] for r in rules):
+            bias = self.rule_bias.index_select(0, torch.tensor(rules, device=self.rule_bias.device))  # (n, V)
+        elif rules[0] != RULE_FREE:
+            bias = self.rule_bias[rules[0] : rules[0] + 1]  # (1, V), broadcast: same sums as (n, V)
         contexts = [rows[r].context(b) for r, b in targets] if self.processors else None
         tokens, logprobs = sample_tokens(logits, bias, self.config, self.generator, self.processors, contexts,
                                          check=False)
@@ -296,6 +306,34 @@ class _Sampler:
         assert_alive(tokens)
         for (r, branch), token, logprob in zip(targets, tokens, logprobs.tolist(), strict=True):
             rows[r].on_sample(branch, token, logprob)
+
+
+# transformers' sdpa path reads this on every attention call (``use_gqa_in_sdpa``)
+_FORCE_GQA = "TRANSFORMERS_SDPA_FORCE_GQA"
+
+
+@contextlib.contextmanager
+def _masked_gqa(enabled: bool):
+    """Let sdpa run grouped-query attention under our 4D mask when Q > 1 (paths, inserted tags).
+
+    Without it, transformers repeats the K/V heads (``repeat_kv``: a copy of every layer's whole live
+    cache, (R, heads, K, head_dim), per forward) because CUDA's masked GQA falls back to the math
+    kernel; torch's CPU flash kernel takes masked GQA directly and returns the same bits as on the
+    repeated heads (tests/test_engine_kvcache.py checks this). Only used on CPU; Q = 1 steps already
+    avoid the copy (``pack_gqa``). Restores the variable's previous state.
+    """
+    if not enabled or os.environ.get(_FORCE_GQA) == "1":
+        yield
+        return
+    before = os.environ.get(_FORCE_GQA)
+    os.environ[_FORCE_GQA] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[_FORCE_GQA]
+        else:
+            os.environ[_FORCE_GQA] = before
 
 
 def _chunks(prompts: list[tuple[int, ...]], budget: int) -> list[list[tuple[int, ...]]]:

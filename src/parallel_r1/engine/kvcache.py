@@ -62,12 +62,14 @@ class SlotLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         q = key_states.shape[2]
-        self._ensure_capacity(key_states, value_states, q)
-        self.buf_k[:, :, self.end : self.end + q] = key_states
-        self.buf_v[:, :, self.end : self.end + q] = value_states
+        if self.buf_k is None or self.end + q > self.buf_k.shape[2]:
+            self._ensure_capacity(key_states, value_states, q)
+        # narrow: the same views as slicing, with less Python per call (once per layer and step)
+        self.buf_k.narrow(2, self.end, q).copy_(key_states)
+        self.buf_v.narrow(2, self.end, q).copy_(value_states)
         self.end += q
-        self.keys = self.buf_k[:, :, self.start : self.end]
-        self.values = self.buf_v[:, :, self.start : self.end]
+        self.keys = self.buf_k.narrow(2, self.start, self.end - self.start)
+        self.values = self.buf_v.narrow(2, self.start, self.end - self.start)
         return self.keys, self.values
 
     def update_rows(self, rows: torch.Tensor, key_states: torch.Tensor, value_states: torch.Tensor):
@@ -273,14 +275,18 @@ def owner_mask(key_owners: torch.Tensor, query_owners: torch.Tensor, dtype: torc
     query_owners: (R, Q). Returns (R, 1, Q, K) with 0 where allowed and the dtype's minimum elsewhere.
     """
     num_keys, num_queries = key_owners.shape[1], query_owners.shape[1]
-    device = key_owners.device
-    key_index = torch.arange(num_keys, device=device)  # (K,)
-    query_slot = key_index[num_keys - num_queries :]  # (Q,)
-    causal = key_index[None, :] <= query_slot[:, None]  # (Q, K)
     kown = key_owners[:, None, :]  # (R, 1, K)
     qown = query_owners[:, :, None].to(key_owners.dtype)  # (R, Q, 1)
-    visible = (kown >= 0) & ((qown == TRUNK_OWNER) | (kown == TRUNK_OWNER) | (kown == qown))  # (R, Q, K)
-    allowed = (visible & causal) | (key_index[None, :] == query_slot[:, None])
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    allowed = (kown == qown) | (kown == TRUNK_OWNER) | (qown == TRUNK_OWNER)  # (R, Q, K)
+    allowed &= kown >= 0
+    # causal order only matters among the Q new slots: every older key precedes every query
+    new = allowed[:, :, num_keys - num_queries :]  # (R, Q, Q) view
+    if num_queries == 1:
+        new.fill_(True)  # the query's own slot
+    else:
+        lower = torch.ones((num_queries, num_queries), dtype=torch.bool, device=key_owners.device).tril_()
+        new &= lower
+        new |= torch.eye(num_queries, dtype=torch.bool, device=key_owners.device)  # own slot
+    mask = torch.full(allowed.shape, torch.finfo(dtype).min, dtype=dtype, device=key_owners.device)
+    mask.masked_fill_(allowed, 0.0)
     return mask[:, None]

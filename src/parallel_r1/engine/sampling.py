@@ -135,14 +135,15 @@ def sample_tokens(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one token per row.
 
-    raw_logits: (n, V) model logits; rule_bias: (n, V) additive 0/-inf bias from the engine's tag rules
-    (or None). Returns (tokens (n,) long, logprobs (n,) float32) where logprobs are taken from the raw
+    raw_logits: (n, V) model logits; rule_bias: (n, V) or (1, V) additive 0/-inf bias from the engine's
+    tag rules (or None). Returns (tokens (n,) long, logprobs (n,) float32) where logprobs are taken from the raw
     logits (module docstring, point 3). A row with nothing left to sample raises ValueError, or with
     ``check=False`` gets token -1 so a caller can check after its own device sync (``assert_alive``).
     """
     raw = raw_logits.float()
     scale = config.temperature if config.temperature > 0 else 1.0
-    logprobs_all = torch.log_softmax(raw / scale, dim=-1)  # (n, V)
+    # x / 1.0 == x exactly: skip the division (a full (n, V) pass) at temperature 1
+    logprobs_all = torch.log_softmax(raw / scale if scale != 1.0 else raw, dim=-1)  # (n, V)
     logits = raw.clone() if processors else raw  # processors may write in place
     for processor in processors:
         assert contexts is not None, "logits processors need decode contexts"
@@ -154,7 +155,9 @@ def sample_tokens(
         best, tokens = logits.max(dim=-1)
         dead = torch.isneginf(best)
     else:
-        logits = filter_top_k_top_p(logits / config.temperature, config.top_k, config.top_p)
+        if config.temperature != 1.0:
+            logits = logits / config.temperature
+        logits = filter_top_k_top_p(logits, config.top_k, config.top_p)
         tokens, dead = _draw(torch.softmax(logits, dim=-1), generator)
     logprobs = logprobs_all.gather(-1, tokens[:, None]).squeeze(-1)
     if check:
