@@ -296,4 +296,10 @@ def test_cli_serve_binds_loopback_and_answers(model_dir):
         conn.close()
     finally:
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        try:  # generous: a fresh-clone CI run once needed more than 30 s here on 2 loaded cores
+            code = proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = None
+        rest = proc.stderr.read()
+        assert code == 0, f"serve did not exit cleanly after Ctrl-C (exit {code}); stderr: {rest[-2000:]}"
