@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,20 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C (SIGINT) and SIGTERM (``kill``, ``docker stop``, systemd) both end the server cleanly.
+
+    Installed explicitly: a process started in the background by a non-interactive shell inherits
+    SIGINT as ignored, and Python then never raises KeyboardInterrupt for it.
+    """
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
 
 
 def serve(
@@ -58,6 +73,7 @@ def serve(
     except (ValueError, OSError) as exc:  # bad model, setting or address
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+    _stop_on_signals()
     typer.echo(f"serving {options.model_name} ({mode}, {num_paths} paths) at {server.url}/v1", err=True)
     try:
         server.serve_forever()
