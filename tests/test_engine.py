@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from parallel_r1.engine import Engine, SamplingConfig
-from parallel_r1.engine.testing import Force, Script, char_tokenizer, random_qwen3
+from parallel_r1.engine.testing import Force, Script, random_qwen3
 from parallel_r1.format import parse
 from parallel_r1.format.tags import (
     PARALLEL_CLOSE,
@@ -17,17 +17,7 @@ from parallel_r1.format.tags import (
     SUMMARY_OPEN,
     TAGS,
 )
-from parallel_r1.structure import find_blocks, tag_ids
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return char_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def tags(tok):
-    return tag_ids(tok)
+from parallel_r1.structure import find_blocks
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import torch
 
 from parallel_r1.engine import Engine, SamplingConfig
 from parallel_r1.engine.sampling import DecodeContext
-from parallel_r1.engine.testing import Force, Script, char_tokenizer, random_qwen3
+from parallel_r1.engine.testing import Force, Script, random_qwen3
 from parallel_r1.format.tags import (
     PARALLEL_CLOSE,
     PARALLEL_OPEN,
@@ -25,19 +25,9 @@ from parallel_r1.format.tags import (
     SUMMARY_OPEN,
     TAGS,
 )
-from parallel_r1.structure import causal_attention, structured_attention, tag_ids
+from parallel_r1.structure import causal_attention, structured_attention
 
 TOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return char_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def tags(tok):
-    return tag_ids(tok)
 
 
 @pytest.fixture(scope="module")
