@@ -189,18 +189,17 @@ def test_grpo_update_same_with_and_without_sharing(mode):
         assert getattr(shared, key) == pytest.approx(getattr(plain, key), abs=TOL), key
 
 
-def test_bench_switch_turns_sharing_off_and_restores():
-    from parallel_r1.bench.rl_ours import prompt_sharing
-    from parallel_r1.train import grpo
+def test_bench_switch_turns_sharing_off():
+    """``bench rl --no-share-prompts`` goes through the recipe setting to the update's forward."""
+    from parallel_r1.bench.rl_ours import bench_stage
+    from parallel_r1.train.stages import grpo_config
 
     model = tiny_model()
     prompts, responses = rows()
     batch = make_batch(prompts, responses, TAG_IDS, "seen", PAD)
     calls = count_forwards(model)
-    inner = grpo.response_logprobs
-    with prompt_sharing(False):
-        grpo.response_logprobs(model, batch, share_prompts=True)
-    assert grpo.response_logprobs is inner and len(calls) == 1
-    with prompt_sharing(True):
-        grpo.response_logprobs(model, batch, share_prompts=True)
-    assert grpo.response_logprobs is inner and len(calls) == 3
+    for share, forwards in ((False, 1), (True, 3)):
+        cfg = grpo_config(bench_stage(2, 3, 8, 1e-3, 1, share_prompts=share), world_size=1)
+        assert cfg.share_prompts is share
+        response_logprobs(model, batch, share_prompts=cfg.share_prompts)
+        assert len(calls) == forwards

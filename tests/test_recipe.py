@@ -44,6 +44,15 @@ def test_base_recipe_is_typed():
     assert r.stages[0].optimizer.betas == (0.9, 0.999) and r.mode == "unseen"
 
 
+def test_share_prompts_reaches_the_update():
+    from parallel_r1.train.stages import grpo_config
+
+    stage = recipe_from_dict(copy.deepcopy(BASE)).stages[1]
+    assert grpo_config(stage, world_size=1).share_prompts is True  # default on
+    stage = recipe_from_dict(with_change("stages[1].grpo.share_prompts", False)).stages[1]
+    assert grpo_config(stage, world_size=1).share_prompts is False
+
+
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [

@@ -72,16 +72,13 @@ def run_rl_bench(cfg: RLBenchConfig, output: Path | None = None, log=print) -> d
     ``metrics.jsonl`` and TRL's output dir go (a temporary directory by default)."""
     import torch
 
-    from parallel_r1.bench.rl_ours import prompt_sharing
-
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        with prompt_sharing(cfg.share_prompts):
-            if output is not None:
-                return _run(cfg, Path(output), log)
-            with tempfile.TemporaryDirectory(prefix="bench-rl-") as tmp:
-                return _run(cfg, Path(tmp), log)
+        if output is not None:
+            return _run(cfg, Path(output), log)
+        with tempfile.TemporaryDirectory(prefix="bench-rl-") as tmp:
+            return _run(cfg, Path(tmp), log)
     finally:
         torch.set_num_threads(threads)
 
@@ -101,7 +98,7 @@ def _run(cfg: RLBenchConfig, output: Path, log) -> dict:
     params = sum(p.numel() for p in ours_model.parameters())
     log(f"toy model {cfg.model_size}: {params / 1e6:.2f}M params, {cfg.threads} thread(s); {cfg.prompts} prompts x "
         f"{cfg.group} samples x {cfg.completion_len} tokens per step; {cfg.warmup} + {cfg.repeats} A/B steps")
-    stage = bench_stage(cfg.prompts, cfg.group, cfg.completion_len, cfg.lr, cfg.steps)
+    stage = bench_stage(cfg.prompts, cfg.group, cfg.completion_len, cfg.lr, cfg.steps, share_prompts=cfg.share_prompts)
     ours = OurGRPO(ours_model, tokenizer, items, stage, cfg.mode, cfg.seed, output / "ours")
     alternate = make_alternate(ours.step)
     trainer = build_trl_trainer(trl_model, tokenizer, texts, answers, group=cfg.group,
@@ -118,17 +115,17 @@ def run_rl_profile(cfg: RLBenchConfig, output: Path | None = None, log=print) ->
     (``rl_profile``) over ``repeats`` steps of the same work as the A/B."""
     import torch
 
-    from parallel_r1.bench.rl_ours import OurGRPO, bench_stage, prompt_sharing
+    from parallel_r1.bench.rl_ours import OurGRPO, bench_stage
     from parallel_r1.bench.rl_profile import profile_our_steps
     from parallel_r1.data.toy_model import build_tiny_model
 
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        with tempfile.TemporaryDirectory(prefix="bench-rl-") as tmp, prompt_sharing(cfg.share_prompts):
+        with tempfile.TemporaryDirectory(prefix="bench-rl-") as tmp:
             tokenizer, items, _, _ = _workload(cfg)
             model = build_tiny_model(tokenizer, cfg.seed, cfg.model_size)
-            stage = bench_stage(cfg.prompts, cfg.group, cfg.completion_len, cfg.lr, cfg.steps)
+            stage = bench_stage(cfg.prompts, cfg.group, cfg.completion_len, cfg.lr, cfg.steps, share_prompts=cfg.share_prompts)
             ours = OurGRPO(model, tokenizer, items, stage, cfg.mode, cfg.seed, Path(output or tmp) / "ours")
             for _ in range(cfg.warmup):
                 ours.step()

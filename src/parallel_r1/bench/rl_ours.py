@@ -16,9 +16,8 @@ Departures from a recipe run, each to make the comparison with TRL like for like
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -33,22 +32,6 @@ from parallel_r1.train.dist import Dist
 from parallel_r1.train.metrics import MetricsLog
 from parallel_r1.train.optim import build_optimizer, build_scheduler
 from parallel_r1.train.stages import PromptItem, StageData, StepContext, grpo_train_step
-
-
-@contextlib.contextmanager
-def prompt_sharing(on: bool) -> Iterator[None]:
-    """``on=False``: the update scores every row with one full forward (``share_prompts=False``), the
-    path before prompt sharing, for a before/after comparison; ``on=True`` changes nothing. The
-    runner's ``GRPOConfig`` has no recipe setting for it, hence the wrapper around the call."""
-    from parallel_r1.train import grpo
-
-    inner = grpo.response_logprobs
-    if not on:
-        grpo.response_logprobs = lambda *a, **k: inner(*a, **{**k, "share_prompts": False})
-    try:
-        yield
-    finally:
-        grpo.response_logprobs = inner
 
 
 class InOrder:
@@ -67,9 +50,10 @@ class InOrder:
 
 
 def bench_stage(prompts: int, group: int, completion_len: int, lr: float, steps: int,
-                reward: str = "accuracy") -> GRPOStage:
+                reward: str = "accuracy", share_prompts: bool = True) -> GRPOStage:
     """The GRPO stage both sides share: one epoch, one minibatch, one micro-batch, no KL, no dual clip,
-    constant lr without weight decay, temperature 1 without top-k / top-p."""
+    constant lr without weight decay, temperature 1 without top-k / top-p. ``share_prompts=False``:
+    our update without prompt sharing, for a before/after."""
     return GRPOStage(
         name="bench", type="grpo", data=DataConfig(), steps=steps,
         optimizer=OptimizerConfig(lr=lr, weight_decay=0.0, schedule="constant", max_grad_norm=1.0),
@@ -78,7 +62,7 @@ def bench_stage(prompts: int, group: int, completion_len: int, lr: float, steps:
         generation={"temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": completion_len,
                     "max_blocks": 0},
         grpo=GRPOSettings(clip_low=0.2, clip_high=0.2, clip_ratio_c=None, normalize_std=True, kl_coef=0.0,
-                          ppo_epochs=1, minibatch_groups=None),
+                          ppo_epochs=1, minibatch_groups=None, share_prompts=share_prompts),
     )  # fmt: skip
 
 

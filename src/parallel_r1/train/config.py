@@ -96,6 +96,7 @@ class GRPOSettings:
     kl_coef: float = 0.0
     ppo_epochs: int = 1
     minibatch_groups: int | None = None  # prompts per optimiser step; None = the whole batch
+    share_prompts: bool = True  # compute a prompt shared by rows of a micro-batch once (exact; train/logprobs.py)
 
 
 @dataclass

@@ -165,6 +165,7 @@ def grpo_config(stage: GRPOStage, world_size: int) -> GRPOConfig:
         minibatch_groups=groups, micro_batch_size=stage.micro_batch_size,
         max_grad_norm=stage.optimizer.max_grad_norm,
         temperature=temperature if temperature > 0 else 1.0,  # greedy sampling: score at T = 1
+        share_prompts=g.share_prompts,
     )  # fmt: skip
 
 
