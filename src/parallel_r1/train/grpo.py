@@ -42,6 +42,7 @@ from parallel_r1.rollout import Rollout
 from parallel_r1.train.batching import TrainBatch, scatter_response
 from parallel_r1.train.dist import Dist
 from parallel_r1.train.logprobs import response_logprobs
+from parallel_r1.train.optim import clip_and_step
 
 # (prompts, responses) -> TrainBatch, with tag ids, mode and padding already bound.
 BatchBuilder = Callable[[Sequence[Sequence[int]], Sequence[Sequence[int]]], TrainBatch]
@@ -261,11 +262,7 @@ def _minibatch_step(model, optimizer, minibatch, cfg: GRPOConfig, build, dist: D
     for k, micro in enumerate(minibatch):
         with dist.no_sync(model, active=k < len(minibatch) - 1):
             sums += _micro_backward(model, micro, cfg, build, dist, n_tokens)
-    grad_norm = dist.clip_grad_norm(model.parameters(), cfg.max_grad_norm)
-    finite = math.isfinite(grad_norm)
-    if finite:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    grad_norm, finite = clip_and_step(model, optimizer, dist, cfg.max_grad_norm)
     total = dist.sum(sums)
     return {
         "loss": float(total[0]) / n_tokens,

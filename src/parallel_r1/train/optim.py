@@ -8,6 +8,8 @@ runs at learning rate 0 (transformers' / verl's convention).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from transformers import get_scheduler
 
@@ -27,3 +29,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, tota
     return get_scheduler(
         SCHEDULES[cfg.schedule], optimizer, num_warmup_steps=warmup, num_training_steps=total_steps
     )
+
+
+def clip_and_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, dist, max_grad_norm: float | None):
+    """Clip the accumulated gradient (norm over all processes of ``dist``), take the optimiser step
+    unless that norm is non-finite (a NaN / inf loss: the step is skipped, not applied), then clear
+    the gradient. Returns ``(grad_norm, stepped)``; SFT and GRPO both end an optimiser step here."""
+    grad_norm = dist.clip_grad_norm(model.parameters(), max_grad_norm)
+    stepped = math.isfinite(grad_norm)
+    if stepped:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm, stepped

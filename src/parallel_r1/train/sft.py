@@ -14,7 +14,6 @@ Departure from the reference: rows longer than ``max_length`` are skipped and co
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ import torch
 from parallel_r1.train.dist import Dist
 from parallel_r1.train.grpo import BatchBuilder
 from parallel_r1.train.logprobs import response_logprobs
+from parallel_r1.train.optim import clip_and_step
 
 
 @dataclass
@@ -78,11 +78,7 @@ def sft_step(
             # DDP averages gradients over processes; the factor makes it the global token mean.
             dist.backward(token_loss / n_tokens * dist.world_size)
             sums += torch.tensor([float(token_loss.detach()), batch.num_tokens], dtype=torch.float64)
-    grad_norm = dist.clip_grad_norm(model.parameters(), cfg.max_grad_norm)
-    stepped = math.isfinite(grad_norm)
-    if stepped:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    grad_norm, stepped = clip_and_step(model, optimizer, dist, cfg.max_grad_norm)
     total = dist.sum(sums)
     return {
         "loss": float(total[0]) / n_tokens,
