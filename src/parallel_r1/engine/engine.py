@@ -55,6 +55,7 @@ from parallel_r1.engine.sampling import (
     sample_tokens,
 )
 from parallel_r1.rollout import Rollout
+from parallel_r1.structure.cache import cache_kwarg
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 LONG_FEED = 16  # a row feeding more tokens than this in one step gets a forward of its own
@@ -92,10 +93,11 @@ class Engine:
         head = model.get_output_embeddings()
         self.vocab_size = head.weight.shape[0] if head is not None else model.config.vocab_size  # logits width
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        # transformers 5 renamed ``past_key_values`` to ``cache``; wrappers (PEFT, ...) take **kwargs
+        self._cache_kwarg = cache_kwarg(model)
+        assert self._cache_kwarg is not None, f"{type(model).__name__}.forward takes no KV cache"
+        # wrappers (PEFT, ...) take **kwargs and pass it on
         params = inspect.signature(model.forward).parameters
         forwards = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        self._cache_kwarg = "cache" if "cache" in params or forwards else "past_key_values"
         self._has_logits_to_keep = "logits_to_keep" in params or forwards
 
     @property

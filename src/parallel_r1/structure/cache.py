@@ -35,9 +35,18 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 KV = tuple[torch.Tensor, torch.Tensor]
 
 
-def cache_kwarg(model) -> str:
-    """Name of the forward argument that takes a KV cache: ``cache`` (5.24+) or ``past_key_values``."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+def cache_kwarg(model) -> str | None:
+    """Name of the forward argument that takes a KV cache: ``cache`` (5.24+) or ``past_key_values``.
+
+    Looked up on the unwrapped model (DDP keeps it in ``.module`` and its forward takes ``**kwargs``).
+    A forward that takes only ``**kwargs`` (PEFT and other wrappers) passes it on under the current
+    name, ``cache``; None when the forward takes no cache at all.
+    """
+    params = inspect.signature(getattr(model, "module", model).forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    return "cache" if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) else None
 
 
 def output_cache(out) -> DynamicCache:

@@ -29,7 +29,7 @@ import inspect
 import torch
 import torch.nn.functional as F
 
-from parallel_r1.structure.cache import cache_from_tensors, cache_tensors, output_cache
+from parallel_r1.structure.cache import cache_from_tensors, cache_kwarg, cache_tensors, output_cache
 from parallel_r1.train.batching import SharedPrefix, TrainBatch, shared_prefix
 
 
@@ -122,15 +122,13 @@ def _keep_kwargs(model: torch.nn.Module, keep: int) -> dict:
 
 
 def _cache_kwarg(model: torch.nn.Module) -> str | None:
-    """The forward argument taking a KV cache (``cache`` in transformers 5.24+, else
-    ``past_key_values``), looked up on the unwrapped model (DDP's forward takes ``**kwargs``);
-    None when there is none, or the model has sliding-window layers."""
+    """``structure.cache_kwarg``, or None when the model has sliding-window layers (their cache
+    drops old keys, so a shared prefix cannot be reused)."""
     inner = getattr(model, "module", model)
     layer_types = getattr(getattr(inner, "config", None), "layer_types", None) or ()
     if any(kind != "full_attention" for kind in layer_types):
         return None
-    params = inspect.signature(inner.forward).parameters
-    return next((name for name in ("cache", "past_key_values") if name in params), None)
+    return cache_kwarg(model)
 
 
 def _takes(model: torch.nn.Module, name: str) -> bool:
