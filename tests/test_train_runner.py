@@ -242,6 +242,17 @@ def test_cli_entry_reports_a_bad_recipe_and_exits_2(tmp_path, caplog):
     assert "stages[0].optimizer.lrr: unknown key" in caplog.text
 
 
+@pytest.mark.parametrize("entry", ["tokenizer", "name_or_path"])
+def test_missing_or_file_model_paths_name_the_recipe_entry(tok_dir, tmp_path, entry):
+    """A mistyped local path fails as a bad recipe naming the entry, not as a hub repo-id error."""
+    a_file = tmp_path / "weights.bin"
+    a_file.write_bytes(b"")
+    for path, why in ((tmp_path / "nope", "does not exist"), (a_file, "is a file, not a model directory")):
+        model = {**scratch_model(tok_dir), entry: str(path)}
+        with pytest.raises(RecipeError, match=rf"model\.{entry}: .* {why}"):
+            run_recipe(recipe_from_dict(recipe(model, [sft_stage(1, 1e-3)], every=0)), tmp_path / "out")
+
+
 def test_resume_refuses_a_changed_recipe_and_a_finished_run_stays_finished(warm, tok_dir):
     raw = recipe(scratch_model(tok_dir), [sft_stage(20, 2e-2)], every=8)
     changed = copy.deepcopy(raw)

@@ -49,19 +49,13 @@ def resolve_dtype(dtype: str, device):
 
 
 def check_local(name: str) -> None:
-    """Fail with a plain message when ``name`` can only be a local path and is not a directory.
+    """Fail with a plain message when ``name`` can only be a local path and is not a directory
+    (``train.model_io.local_path_problem``)."""
+    from parallel_r1.train.model_io import local_path_problem
 
-    Without this, transformers treats a mistyped path as a hub id and reports a repo-id validation
-    error. A hub id is ``name`` or ``owner/name``; anything starting with ``/ . ~`` or holding more
-    than one ``/`` can only be a path.
-    """
-    from pathlib import Path
-
-    path = Path(name).expanduser()
-    looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1
-    if looks_local and not path.is_dir():
-        what = "is a file, not a model directory" if path.exists() else "does not exist"
-        raise ModelLoadError(f"model path {name} {what} (expected a directory saved by save_pretrained)")
+    problem = local_path_problem(name)
+    if problem:
+        raise ModelLoadError(f"model path {name} {problem} (expected a directory saved by save_pretrained)")
 
 
 def load_tokenizer(name: str):

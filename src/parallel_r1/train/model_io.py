@@ -12,9 +12,31 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from parallel_r1.structure import add_tags
-from parallel_r1.train.config import ModelConfig, resolve_ref
+from parallel_r1.train.config import ModelConfig, RecipeError, resolve_ref
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def local_path_problem(name: str) -> str | None:
+    """Why ``name`` cannot be loaded, when it can only be a local path and is not a directory; else None.
+
+    Without this check transformers takes a mistyped path for a hub id and reports a repo-id
+    validation error. A hub id is ``name`` or ``owner/name``; anything starting with ``/ . ~`` or
+    holding more than one ``/`` can only be a path.
+    """
+    from pathlib import Path
+
+    path = Path(name).expanduser()
+    looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1
+    if looks_local and not path.is_dir():
+        return "is a file, not a model directory" if path.exists() else "does not exist"
+    return None
+
+
+def _check_source(entry: str, name: str | None) -> None:
+    problem = local_path_problem(name) if name else None
+    if problem:
+        raise RecipeError(f"{entry}: {name} {problem} (expected a hub name or a directory saved by save_pretrained)")
 
 
 def load_tokenizer(cfg: ModelConfig, from_dir: str | None = None):
@@ -25,6 +47,7 @@ def load_tokenizer(cfg: ModelConfig, from_dir: str | None = None):
         tok = resolve_ref(cfg.tokenizer_factory, "model.tokenizer_factory")(**cfg.tokenizer_kwargs)
     else:
         source = cfg.tokenizer or cfg.name_or_path
+        _check_source("model.tokenizer" if cfg.tokenizer else "model.name_or_path", source)
         gguf = {"gguf_file": cfg.gguf_file} if cfg.gguf_file and not cfg.tokenizer else {}
         tok = AutoTokenizer.from_pretrained(source, **gguf)
     if tok.pad_token_id is None:
@@ -44,12 +67,14 @@ def load_model(cfg: ModelConfig, tokenizer, seed: int, from_dir: str | None = No
     common = {"dtype": dtype, "attn_implementation": cfg.attn_implementation}
     if from_dir is not None:
         model = AutoModelForCausalLM.from_pretrained(from_dir, **common)
-    elif cfg.init == "pretrained" and cfg.gguf_file:
-        model = _from_gguf(cfg, common)
-    elif cfg.init == "pretrained":
-        model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **common)
     else:
-        model = _from_scratch(cfg, tokenizer, seed, common)
+        _check_source("model.name_or_path", cfg.name_or_path)
+        if cfg.init == "pretrained" and cfg.gguf_file:
+            model = _from_gguf(cfg, common)
+        elif cfg.init == "pretrained":
+            model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **common)
+        else:
+            model = _from_scratch(cfg, tokenizer, seed, common)
     tag_ids = add_tags(tokenizer, model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
