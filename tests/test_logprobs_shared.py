@@ -203,3 +203,27 @@ def test_bench_switch_turns_sharing_off():
         assert cfg.share_prompts is share
         response_logprobs(model, batch, share_prompts=cfg.share_prompts)
         assert len(calls) == forwards
+
+
+@pytest.mark.parametrize("equal_lengths", [True, False])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_logprobs_equal_a_plain_log_softmax(equal_lengths, temperature):
+    """Every response token's log-prob and entropy against a full forward and a per-position softmax,
+    both where every response column is a target (the reshape path) and where short rows pad."""
+    model = tiny_model(2)
+    prompts, responses = rows(4)
+    if equal_lengths:
+        responses = [(r * 9)[:7] for r in responses]
+    batch = make_batch(prompts, responses, TAG_IDS, mode="seen", pad_id=PAD)
+    with torch.no_grad():
+        lp, entropy = response_logprobs(model, batch, temperature=temperature, with_entropy=True)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       position_ids=batch.position_ids).logits  # fmt: skip
+    log_p = torch.log_softmax(logits[:, :-1] / temperature, dim=-1)  # (B, T-1, V) predicting column t+1
+    mask = batch.response_mask
+    want = log_p.gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
+    torch.testing.assert_close(lp[:, 1:][mask[:, 1:]], want[mask[:, 1:]], rtol=0, atol=TOL)
+    want_entropy = -(log_p.exp() * log_p).sum(-1)
+    torch.testing.assert_close(entropy[:, 1:][mask[:, 1:]], want_entropy[mask[:, 1:]], rtol=0, atol=TOL)
+    assert not lp[~mask].any() and not entropy[~mask].any()
+    assert bool(mask[:, -1].all()) == equal_lengths  # which path of _select ran

@@ -29,7 +29,6 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -55,7 +54,7 @@ from parallel_r1.engine.sampling import (
     sample_tokens,
 )
 from parallel_r1.rollout import Rollout
-from parallel_r1.structure.cache import cache_kwarg
+from parallel_r1.structure.cache import cache_kwarg, takes_kwarg
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 LONG_FEED = 16  # a row feeding more tokens than this in one step gets a forward of its own
@@ -95,10 +94,7 @@ class Engine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._cache_kwarg = cache_kwarg(model)
         assert self._cache_kwarg is not None, f"{type(model).__name__}.forward takes no KV cache"
-        # wrappers (PEFT, ...) take **kwargs and pass it on
-        params = inspect.signature(model.forward).parameters
-        forwards = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        self._has_logits_to_keep = "logits_to_keep" in params or forwards
+        self._has_logits_to_keep = takes_kwarg(model, "logits_to_keep")
 
     @property
     def device(self) -> torch.device:

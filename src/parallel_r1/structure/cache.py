@@ -49,6 +49,13 @@ def cache_kwarg(model) -> str | None:
     return "cache" if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) else None
 
 
+def takes_kwarg(model, name: str) -> bool:
+    """Whether ``model.forward`` accepts ``name`` (e.g. ``logits_to_keep``); a forward taking
+    ``**kwargs`` (PEFT and other wrappers) is assumed to pass it on."""
+    params = inspect.signature(model.forward).parameters
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def output_cache(out) -> DynamicCache:
     """The cache a forward returned, under either name (``out.cache`` or ``out.past_key_values``)."""
     cache = getattr(out, "cache", None)

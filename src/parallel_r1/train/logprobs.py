@@ -24,12 +24,16 @@ no KV cache, and for models with sliding-window layers (their cache drops old ke
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 import torch.nn.functional as F
 
-from parallel_r1.structure.cache import cache_from_tensors, cache_kwarg, cache_tensors, output_cache
+from parallel_r1.structure.cache import (
+    cache_from_tensors,
+    cache_kwarg,
+    cache_tensors,
+    output_cache,
+    takes_kwarg,
+)
 from parallel_r1.train.batching import SharedPrefix, TrainBatch, shared_prefix
 
 
@@ -56,9 +60,11 @@ def response_logprobs(
     keep = width - first + 1  # logits of columns first-1 .. T-1
     out_logits = _tail_logits(model, batch, keep, share_prompts)  # (B, keep, V)
     target = mask[:, first:]  # (B, T-first): column t+1 >= first holds a response token
-    logits = out_logits[:, :-1][target].float() / temperature  # (N, V), predicting those tokens
+    logits, tokens = _select(out_logits[:, :-1], batch.input_ids[:, first:], target)  # (N, V), (N,)
+    logits = logits.float()
+    if temperature != 1.0:  # x / 1.0 == x exactly: skip the (N, V) copy and its backward
+        logits = logits / temperature
     log_p = F.log_softmax(logits, dim=-1)  # (N, V)
-    tokens = batch.input_ids[:, first:][target]  # (N,)
     token_lp = log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (N,)
     logprobs = _place(token_lp, mask)
     entropy = None
@@ -118,7 +124,7 @@ def _to_rows(t: torch.Tensor, shared: SharedPrefix) -> torch.Tensor:
 
 
 def _keep_kwargs(model: torch.nn.Module, keep: int) -> dict:
-    return {"logits_to_keep": keep} if _takes(model, "logits_to_keep") else {}
+    return {"logits_to_keep": keep} if takes_kwarg(model, "logits_to_keep") else {}
 
 
 def _cache_kwarg(model: torch.nn.Module) -> str | None:
@@ -131,10 +137,13 @@ def _cache_kwarg(model: torch.nn.Module) -> str | None:
     return cache_kwarg(model)
 
 
-def _takes(model: torch.nn.Module, name: str) -> bool:
-    """Whether ``model.forward`` accepts ``name`` (wrappers taking ``**kwargs`` pass it on)."""
-    params = inspect.signature(model.forward).parameters
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+def _select(logits: torch.Tensor, ids: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (N, V) logits and (N,) ids at the True positions of ``target`` (B, C), row-major. When every
+    position is a target (responses of equal length, as in a GRPO group run to the cap) a reshape
+    gives the same rows without the boolean-index copy."""
+    if bool(target.all()):
+        return logits.reshape(-1, logits.shape[-1]), ids.reshape(-1)
+    return logits[target], ids[target]
 
 
 def _place(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
