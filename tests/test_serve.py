@@ -288,14 +288,15 @@ def _ignore_sigint() -> None:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_cli_serve_binds_loopback_and_answers(model_dir, sig):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-c", "from parallel_r1.cli import main; main()", "serve", str(model_dir), "--port", "0", "--quiet"]
+    cmd = [sys.executable, "-c", "from parallel_r1.cli import main; main()", "serve", str(model_dir), "--port", "0", "--quiet",
+           "--threads", "1"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=Path(__file__).parent,
                             preexec_fn=_ignore_sigint)  # fmt: skip
     try:
         line = proc.stderr.readline()
         while line and "serving" not in line:
             line = proc.stderr.readline()
-        assert "at http://127.0.0.1:" in line, line
+        assert "at http://127.0.0.1:" in line and "1 CPU thread)" in line, line
         port = int(line.rsplit(":", 1)[1].split("/")[0])
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         conn.request("GET", "/v1/models")

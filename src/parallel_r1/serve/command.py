@@ -50,8 +50,12 @@ def serve(
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda when available).")] = None,
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
     quiet: Annotated[bool, typer.Option(help="Do not log each request to stderr.")] = False,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: torch's); 1 suits tiny "
+                                                      "models on a busy machine.")] = None,
 ) -> None:
     """Serve MODEL over an OpenAI-compatible API (/v1/models, /v1/completions, /v1/chat/completions)."""
+    import torch
+
     from parallel_r1.engine.engine import Engine
     from parallel_r1.eval.loading import load_model
     from parallel_r1.serve.app import ServeOptions
@@ -62,6 +66,8 @@ def serve(
         raise typer.BadParameter(f"--default-max-tokens {default_max_tokens} exceeds --max-tokens-limit {max_tokens_limit}")
     if not _is_loopback(host):
         typer.echo(f"warning: binding {host}: the API has no authentication", err=True)
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         loaded = load_model(model, device, dtype)
         engine = Engine(loaded.model, loaded.tokenizer, loaded.tag_ids, max_batch_size=max_batch_size)
@@ -76,7 +82,9 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     _stop_on_signals()
-    typer.echo(f"serving {options.model_name} ({mode}, {num_paths} paths) at {server.url}/v1", err=True)
+    n = torch.get_num_threads()
+    where = f"{n} CPU thread{'s' * (n != 1)}" if engine.device.type == "cpu" else str(engine.device)
+    typer.echo(f"serving {options.model_name} ({mode}, {num_paths} paths, {where}) at {server.url}/v1", err=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
