@@ -19,6 +19,7 @@ from parallel_r1.data.toy_tokenizer import build_toy_tokenizer
 from parallel_r1.demo.ablation import mean_sd, summarise
 from parallel_r1.demo.data import (
     EVAL_SEED,
+    EVAL_SIZE,
     cold_start_rows,
     draw_excluding,
     heldout_problems,
@@ -54,11 +55,19 @@ def test_draw_excluding_skips_excluded_questions_in_index_order():
 
 
 def test_training_problems_are_disjoint_from_the_heldout_set():
-    held = {p.question for p in heldout_problems("easy", 200)}
+    held = {p.question for p in heldout_problems("easy", EVAL_SIZE)}
     train = training_problems("easy", 300, seed=1)
     assert len(train) == 300 and not held & {p.question for p in train}
     with pytest.raises(AssertionError, match="held-out evaluation seed"):
         training_problems("easy", 3, seed=EVAL_SEED)
+
+
+def test_demo_refuses_more_eval_problems_than_the_held_out_set(tmp_path):
+    from parallel_r1.demo.pipeline import DemoConfig
+
+    assert DemoConfig(tmp_path).eval_problems == EVAL_SIZE
+    with pytest.raises(ValueError, match=f"eval_problems must be in 1..{EVAL_SIZE}"):
+        DemoConfig(tmp_path, eval_problems=EVAL_SIZE + 1)
 
 
 def test_pretraining_rows_are_tag_free_solutions_of_both_splits_and_routes():
@@ -117,19 +126,32 @@ def test_rl_problems_have_answers_and_no_responses():
     assert all(set(r) == {"id", "question", "answer"} for r in rows)
 
 
+def test_rl_problems_mix_in_the_asked_share_of_easy_problems():
+    hard_only = rl_problems("hard", 6, seed=2)
+    mixed = rl_problems("hard", 20, seed=2, easy_share=0.3, easy_seed=3)
+    ids = [r["id"] for r in mixed]
+    assert len(ids) == len(set(ids)) == 20
+    assert sorted(i for i in ids if i.startswith("toy-easy-3-")) == sorted(f"toy-easy-3-{i}" for i in range(6))
+    assert {r["id"] for r in hard_only} < set(ids)  # the same hard draw, minus the easy share
+    assert [i for i, r in enumerate(ids) if r.startswith("toy-easy")] != list(range(14, 20))  # shuffled together
+    assert mixed == rl_problems("hard", 20, seed=2, easy_share=0.3, easy_seed=3)
+    with pytest.raises(AssertionError, match="easy_seed"):
+        rl_problems("hard", 20, seed=2, easy_share=0.3)
+
+
 # --- recipes ------------------------------------------------------------------------------------------------
 
 
 def test_demo_recipe_validates_and_quick_shrinks_only_sizes():
     full = to_recipe(curriculum_raw(DEFAULT_RECIPE, seed=5, quick=False))
     quick = to_recipe(curriculum_raw(DEFAULT_RECIPE, seed=5, quick=True))
-    assert [s.name for s in full.stages] == ["stage0", "sft", "rl_easy", "rl"] and full.seed == quick.seed == 5
-    assert [s.type for s in full.stages] == ["sft", "sft", "grpo", "grpo"]
+    assert [s.name for s in full.stages] == ["stage0", "sft", "rl"] and full.seed == quick.seed == 5
+    assert [s.type for s in full.stages] == ["sft", "sft", "grpo"]
     assert full.stages[-1].reward.name == "alternating" and full.stages[-1].data.kwargs["split"] == "hard"
     assert all(q.steps < f.steps for q, f in zip(quick.stages, full.stages, strict=True))
     assert quick.stages[-1].generation == full.stages[-1].generation and quick.mode == full.mode
     assert quick.stages[-1].prompt == full.stages[-1].prompt
-    assert "stages[3].num_samples=4" in quick_overrides(read_raw(DEFAULT_RECIPE))
+    assert "stages[2].num_samples=4" in quick_overrides(read_raw(DEFAULT_RECIPE))
 
 
 def test_rl_only_recipe_keeps_the_rl_stage_but_reward_model_and_seed(tmp_path):
@@ -209,15 +231,15 @@ def test_evaluate_problems_scores_a_real_tiny_model(tiny_checkpoint):
 def test_teacher_table_counts_the_recipes_own_problems(tmp_path):
     raw = curriculum_raw(DEFAULT_RECIPE, seed=0, quick=True)
     raw["stages"][1]["data"]["kwargs"]["n"] = 40
-    raw["stages"][-1]["data"]["kwargs"]["n"] = 30
+    raw["stages"][-1]["data"]["kwargs"]["n"] = 30  # with easy_share 0.5: 15 hard problems, 15 easy ones
     table = teacher_table(raw, tmp_path)
     easy, hard = table["splits"]["toy-easy"], table["splits"]["toy-hard"]
-    assert (easy["samples"], hard["samples"]) == (40, 30)
+    assert (easy["samples"], hard["samples"]) == (40, 15)
     kept = len(cold_start_rows(40, **{k: raw["stages"][1]["data"]["kwargs"][k] for k in ("seed", "teacher_seed")}))
     assert easy["kept"] == pytest.approx(kept / 40)
     assert easy["valid_format"] > hard["valid_format"], "the teacher should fail on hard problems"
     lines = (tmp_path / "traces.jsonl").read_text().splitlines()
-    assert len(lines) == 70 and {"set", "response", "check"} <= set(json.loads(lines[0]))
+    assert len(lines) == 55 and {"set", "response", "check"} <= set(json.loads(lines[0]))
     assert "| toy-easy | 40 |" in table["markdown"]
 
 

@@ -21,7 +21,7 @@ def test_quick_demo_writes_a_complete_loadable_run(tmp_path):
     assert result.exit_code == 0, result.output + repr(result.exception)
 
     report = json.loads((out / "report.json").read_text())
-    assert list(report["stages"]) == ["stage0", "sft", "rl_easy", "rl"]
+    assert list(report["stages"]) == ["stage0", "sft", "rl"]
     for stage in report["stages"]:
         for key in ("hard_accuracy", "hard_accuracy_se", "parallel_ratio", "easy_accuracy"):
             assert 0.0 <= report["stages"][stage][key] <= 1.0, (stage, key)
@@ -31,11 +31,11 @@ def test_quick_demo_writes_a_complete_loadable_run(tmp_path):
     assert {"wall_s", "cpu_s", "peak_rss_mb", "phases"} <= set(report["resources"])
     assert set(report["ablation"]["arms"]) == {"sequential", "accuracy", "alternating"}
     assert report["ablation"]["arms"]["sequential"]["start"] == "stage0"
-    assert report["ablation"]["arms"]["alternating"]["start"] == "rl_easy"
+    assert report["ablation"]["arms"]["alternating"]["start"] == "sft"
     assert {t["target"] for t in report["targets"]} >= {"parallel ratio after RL > 0", "peak RSS <= 4 GB"}
 
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["stage"] for r in rows] == ["stage0"] * 40 + ["sft"] * 10 + ["rl_easy"] * 2 + ["rl"] * 2
+    assert [r["stage"] for r in rows] == ["stage0"] * 40 + ["sft"] * 10 + ["rl"] * 2
     assert all(r["parallel_ratio"] is not None for r in rows if r["stage"] == "rl")
     plots = report["outputs"]["plots"]
     assert {"plots/reward_accuracy.png", "plots/parallel_ratio.png", "plots/ablation_parallel_ratio.png"} <= set(plots)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from parallel_r1.demo.data import EVAL_SIZE
 from parallel_r1.demo.recipes import DEFAULT_RECIPE
 
 
@@ -22,7 +23,7 @@ def demo(
         bool, typer.Option("--quick", help="Shrunken smoke run (a minute or two): checks the plumbing, not a result.")
     ] = False,
     recipe: Annotated[Path, typer.Option(help="Curriculum recipe with stages stage0, sft, rl.")] = DEFAULT_RECIPE,
-    eval_problems: Annotated[int, typer.Option(min=1, help="Held-out problems per split.")] = 200,
+    eval_problems: Annotated[int, typer.Option(min=1, max=EVAL_SIZE, help="Held-out problems per split.")] = EVAL_SIZE,
     eval_samples: Annotated[int, typer.Option(min=1, help="Samples per held-out problem.")] = 2,
     ablation_seeds: Annotated[int, typer.Option(min=1, help="Seeds per ablation arm (0..N-1).")] = 3,
     threads: Annotated[int, typer.Option(min=1, help="torch threads (1 is fastest for the tiny model).")] = 1,

@@ -13,7 +13,8 @@
    stage-0 rows mixed back in (``replay``: the share of the set that is stage-0 text). Each row carries
    its rendered prompt (``template`` for traces, ``replay_template`` for replay rows; the demo recipe
    gives both the parallel prompt, so under it the model keeps writing both formats).
-5. ``rl_problems``: GRPO rows (question and answer only).
+5. ``rl_problems``: GRPO rows (question and answer only), optionally with a share of easy problems
+   mixed into the hard ones (the demo recipe's RL stage: see its comments for why).
 
 Every row is a dict ``{id, question, answer[, response][, prompt]}``, the shape the recipe's data
 config reads. Departures from the paper: all data is synthetic (``data/toy.py``); the roles are the
@@ -39,7 +40,7 @@ from parallel_r1.data.toy import (
 )
 
 EVAL_SEED = 9001  # the held-out sets' seed; no training factory draws from it
-EVAL_SIZE = 200
+EVAL_SIZE = 400  # the largest held-out set: training draws exclude all of its questions
 
 
 def heldout_problems(split: str, n: int = EVAL_SIZE) -> list[Problem]:
@@ -143,6 +144,24 @@ def _row_from_trace(trace: dict, template: str) -> dict:
             "response": trace["response"], "prompt": render(template, trace["question"])}  # fmt: skip
 
 
-def rl_problems(split: str, n: int, seed: int) -> list[dict]:
-    """GRPO rows: problems without responses (the reward checks the answer)."""
-    return [_row(p) for p in training_problems(split, n, seed)]
+def rl_problems(split: str, n: int, seed: int, easy_share: float = 0.0, easy_seed: int | None = None) -> list[dict]:
+    """GRPO rows: problems without responses (the reward checks the answer).
+
+    ``easy_share`` in [0, 1): that share of the ``n`` rows are easy problems (drawn under
+    ``easy_seed``), the rest from ``split`` (under ``seed``), shuffled together so every batch mixes
+    both; 0 gives ``split`` only.
+    """
+    assert 0.0 <= easy_share < 1.0, f"easy_share must be in [0, 1), got {easy_share}"
+    n_easy = rl_easy_count(n, easy_share)
+    rows = [_row(p) for p in training_problems(split, n - n_easy, seed)]
+    if n_easy == 0:
+        return rows
+    assert easy_seed is not None and easy_seed != seed, "mixed-in easy problems need an easy_seed of their own"
+    rows += [_row(p) for p in training_problems("easy", n_easy, easy_seed)]
+    random.Random(f"rl-mix/{seed}/{easy_seed}").shuffle(rows)
+    return rows
+
+
+def rl_easy_count(n: int, easy_share: float) -> int:
+    """How many of ``rl_problems``' ``n`` rows are the mixed-in easy ones."""
+    return round(n * easy_share)

@@ -4,8 +4,8 @@ In order (each step a phase of the resource meter):
 1. teacher: the scripted teacher on the SFT and RL problems, validated and counted (Table 1 shape);
 2. train: ``configs/demo/demo.yaml`` through ``train.runner.run_recipe`` into ``DIR`` itself, so
    ``DIR/metrics.jsonl`` and ``DIR/checkpoints/`` are the runner's own: stage 0 (pretraining),
-   cold-start SFT, GRPO on easy problems with the gated parallel reward, GRPO on hard problems with
-   the alternating reward. Each stage ends with a kept checkpoint;
+   cold-start SFT, GRPO with the alternating reward on hard problems with easy ones mixed in. Each
+   stage ends with a kept checkpoint;
 3. export: the final policy (with its tokenizer) copied to ``DIR/model``;
 4. eval: every stage's checkpoint (the last one loaded from ``DIR/model``) on the fixed held-out hard
    and easy sets, same settings for all (``demo.evaluate``);
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from parallel_r1.demo.data import EVAL_SEED, heldout_problems
+from parallel_r1.demo.data import EVAL_SEED, EVAL_SIZE, heldout_problems
 from parallel_r1.demo.evaluate import EvalSettings, evaluate_problems, load_for_eval
 from parallel_r1.demo.recipes import DEFAULT_RECIPE, FINAL, FIRST, curriculum_raw, stage_names, to_recipe
 from parallel_r1.demo.resources import Meter
@@ -41,7 +41,8 @@ class DemoConfig:
     ablation: bool = False
     recipe: Path = DEFAULT_RECIPE
     ablation_seeds: tuple[int, ...] = (0, 1, 2)
-    eval_problems: int = 200  # per held-out split
+    # per held-out split; 400 x 2 samples: a paired difference of ~4 points is then ~2 standard errors
+    eval_problems: int = EVAL_SIZE
     eval: EvalSettings = field(default_factory=EvalSettings)
     overrides: tuple[str, ...] = ()  # extra key=value recipe overrides (recorded in the report)
     # torch intra-op threads. 1 by default: the tiny model's ops are too small for a second thread to
@@ -53,7 +54,9 @@ class DemoConfig:
         self.output, self.recipe = Path(self.output), Path(self.recipe)
         if self.quick:
             self.eval_problems = min(self.eval_problems, QUICK_EVAL_PROBLEMS)
-        assert self.eval_problems >= 1, f"eval_problems must be >= 1, got {self.eval_problems}"
+        if not 1 <= self.eval_problems <= EVAL_SIZE:
+            raise ValueError(f"eval_problems must be in 1..{EVAL_SIZE} (the held-out set that training never "
+                             f"draws from), got {self.eval_problems}")
         assert self.ablation_seeds, "the ablation needs at least one seed"
         assert self.threads >= 1, f"threads must be >= 1, got {self.threads}"
 

@@ -211,7 +211,7 @@ def markdown(report: dict, teacher_md: str) -> str:
         "## Scripted teacher (shape of PAPER.md Table 1)",
         "",
         "Every trace goes through the validation real teacher output gets (grammar + answer check); "
-        "`kept` traces form the cold-start SFT set. toy-easy = the SFT problems, toy-hard = the RL problems.",
+        "`kept` traces form the cold-start SFT set. toy-easy = the SFT problems, toy-hard = the RL stage's hard problems.",
         "",
         teacher_md,
         "",
@@ -227,8 +227,10 @@ def markdown(report: dict, teacher_md: str) -> str:
         f"with ({report['stage0_own_prompt']['template']!r}) reaches {_pct(report['stage0_own_prompt']['hard_accuracy'], report['stage0_own_prompt']['hard_accuracy_se'])}% "
         f"on toy-hard and {_pct(report['stage0_own_prompt']['easy_accuracy'], report['stage0_own_prompt']['easy_accuracy_se'])}% on toy-easy.",
         "",
-        f"Final policy minus SFT on toy-hard (paired, same problems): {_diff(report['rl_vs_sft'])}; "
-        f"minus the checkpoint the final RL started from ({report['rl_vs_start']['start']}): {_diff(report['rl_vs_start'])}.",
+        f"Final policy minus SFT on toy-hard (paired, same problems): {_diff(report['rl_vs_sft'])}"
+        + ("." if report["rl_vs_start"]["start"] == "sft" else
+           f"; minus the checkpoint the final RL started from ({report['rl_vs_start']['start']}): "
+           f"{_diff(report['rl_vs_start'])}."),
         "",
         f"## Final RL stage: training dynamics (first vs last {dyn['window']} of {dyn['steps']} steps, training rollouts)",
         "",

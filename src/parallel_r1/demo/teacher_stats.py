@@ -1,7 +1,7 @@
 """The scripted teacher's success rate per split, on the very problems the demo trains on (Table 1 shape).
 
 The recipe's ``sft`` stage builds its data with ``demo.data:cold_start_rows`` (teacher traces on easy
-problems, filtered); its ``rl`` stage draws hard problems with ``demo.data:rl_problems``. Here the same
+problems, filtered); its ``rl`` stage draws hard problems (with some easy ones mixed in) with ``demo.data:rl_problems``. Here the same
 teacher is asked about both problem sets with the same seeds, every trace goes through
 ``teacher.check_trace`` (the validation real teacher output gets), and the counts form the table:
 valid parallel format, correct answer, kept (both). All traces are written with their checks to
@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from parallel_r1.data.teacher import check_trace, format_teacher_report, teacher_traces
-from parallel_r1.demo.data import cold_start_traces, training_problems
+from parallel_r1.demo.data import cold_start_traces, rl_easy_count, training_problems
 
 SFT_FACTORY = "parallel_r1.demo.data:cold_start_rows"
 RL_FACTORY = "parallel_r1.demo.data:rl_problems"
@@ -48,7 +48,8 @@ def teacher_table(raw: dict, out_dir: Path) -> dict:
     sft, rl = _stage(raw, "sft", SFT_FACTORY), _stage(raw, "rl", RL_FACTORY)
     assert rl.get("split") == "hard", f"demo recipe: the rl stage should draw hard problems, got {rl.get('split')!r}"
     easy = cold_start_traces(sft["n"], sft["seed"], sft["teacher_seed"])
-    hard = teacher_traces(training_problems("hard", rl["n"], rl["seed"]), sft["teacher_seed"])
+    n_hard = rl["n"] - rl_easy_count(rl["n"], rl.get("easy_share", 0.0))  # the hard problems RL draws
+    hard = teacher_traces(training_problems("hard", n_hard, rl["seed"]), sft["teacher_seed"])
     out_dir.mkdir(parents=True, exist_ok=True)
     stats = {}
     with (out_dir / "traces.jsonl").open("w", encoding="utf-8") as f:
