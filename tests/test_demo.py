@@ -306,8 +306,9 @@ def fake_report(rl_acc=0.30, wall=500.0, ablation=None) -> dict:
 
 
 def test_targets_report_what_was_measured():
-    ablation = {"arms": {"alternating": {"hard_accuracy": 0.35, "hard_accuracy_sd": 0.02, "parallel_ratio": 0.5},
-                         "accuracy": {"hard_accuracy": 0.36, "hard_accuracy_sd": 0.02, "parallel_ratio": 0.1}}}  # fmt: skip
+    arm = {"seeds": [0, 1, 2], "hard_accuracy_sd": 0.02}
+    ablation = {"arms": {"alternating": {**arm, "hard_accuracy": 0.35, "parallel_ratio": 0.5},
+                         "accuracy": {**arm, "hard_accuracy": 0.36, "parallel_ratio": 0.1}}}  # fmt: skip
     report = fake_report(ablation=ablation)
     met = {t["target"].split(" ")[0]: t["met"] for t in targets(report)}
     assert len(targets(report)) == 6 and all(t["met"] for t in targets(report)), targets(report)
@@ -319,6 +320,13 @@ def test_targets_report_what_was_measured():
     flat = fake_report()
     flat["rl_vs_sft"] = paired_difference([0.5] * 10, [0.5] * 10)
     assert targets(flat)[2]["met"] is False
+    # +3 points over SFT with a seed sd of 0.5 is "more than 2 sd", but not more than twice the noise
+    # that includes SFT's own standard error (2 points): sqrt(0.5^2 / 3 + 2^2) = 2.02
+    close = fake_report(ablation={"arms": {"alternating": {**arm, "hard_accuracy": 0.23, "hard_accuracy_sd": 0.005,
+                                                           "parallel_ratio": 0.5}}})  # fmt: skip
+    arm_target = targets(close)[4]
+    assert arm_target["target"].startswith("alternating-arm RL beats SFT") and arm_target["met"] is False
+    assert arm_target["measured"] == "+3.0 pts; seed sd 0.5 over 3 seeds, SFT se 2.0: noise 2.0"
 
 
 def test_markdown_has_the_tables():
