@@ -135,8 +135,10 @@ def test_rl_problems_mix_in_the_asked_share_of_easy_problems():
     assert {r["id"] for r in hard_only} < set(ids)  # the same hard draw, minus the easy share
     assert [i for i, r in enumerate(ids) if r.startswith("toy-easy")] != list(range(14, 20))  # shuffled together
     assert mixed == rl_problems("hard", 20, seed=2, easy_share=0.3, easy_seed=3)
-    with pytest.raises(AssertionError, match="easy_seed"):
+    with pytest.raises(ValueError, match="easy_seed other than seed"):
         rl_problems("hard", 20, seed=2, easy_share=0.3)
+    with pytest.raises(ValueError, match=r"easy_share must be in \[0, 1\), got 1.5"):
+        rl_problems("hard", 20, seed=2, easy_share=1.5, easy_seed=3)
 
 
 # --- recipes ------------------------------------------------------------------------------------------------

@@ -172,3 +172,17 @@ def test_jsonl_rows_may_hold_unicode_line_separators(tmp_path):
     with pytest.raises(RecipeError, match=r"data\.path: .*rows\.jsonl:2: not JSON"):
         file.write_text('{"id": 1}\n{"id": \n', encoding="utf-8")
         load_rows(DataConfig(path=str(file)), "data")
+
+
+def test_factory_arguments_it_refuses_are_recipe_errors_naming_the_entry():
+    from parallel_r1.train.data import load_rows
+
+    demo = "parallel_r1.demo.data:rl_problems"
+    rows = load_rows(DataConfig(factory=demo, kwargs={"split": "hard", "n": 4, "seed": 2}), "stages[1].data")
+    assert len(rows) == 4
+    bad = [({"split": "hard", "n": 4, "seed": 2, "easy_share": 1.5}, r"easy_share must be in \[0, 1\)"),
+           ({"split": "hard", "n": 4, "seed": 2, "shuffle": True}, "unexpected keyword argument 'shuffle'"),
+           ({"split": "hard", "n": 4}, "missing a required argument: 'seed'")]
+    for kwargs, why in bad:
+        with pytest.raises(RecipeError, match=rf"stages\[1\]\.data\.factory: {demo}: .*{why}"):
+            load_rows(DataConfig(factory=demo, kwargs=kwargs), "stages[1].data")

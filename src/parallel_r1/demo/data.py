@@ -151,12 +151,14 @@ def rl_problems(split: str, n: int, seed: int, easy_share: float = 0.0, easy_see
     ``easy_seed``), the rest from ``split`` (under ``seed``), shuffled together so every batch mixes
     both; 0 gives ``split`` only.
     """
-    assert 0.0 <= easy_share < 1.0, f"easy_share must be in [0, 1), got {easy_share}"
+    if not 0.0 <= easy_share < 1.0:
+        raise ValueError(f"easy_share must be in [0, 1), got {easy_share}")
     n_easy = rl_easy_count(n, easy_share)
     rows = [_row(p) for p in training_problems(split, n - n_easy, seed)]
     if n_easy == 0:
         return rows
-    assert easy_seed is not None and easy_seed != seed, "mixed-in easy problems need an easy_seed of their own"
+    if easy_seed is None or easy_seed == seed:
+        raise ValueError(f"mixed-in easy problems need an easy_seed other than seed ({seed}), got {easy_seed}")
     rows += [_row(p) for p in training_problems("easy", n_easy, easy_seed)]
     random.Random(f"rl-mix/{seed}/{easy_seed}").shuffle(rows)
     return rows

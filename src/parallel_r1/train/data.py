@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import random
 from collections.abc import Sequence
@@ -103,7 +104,14 @@ def _call_factory(ref: str, kwargs: dict, path: str) -> Any:
                 raise RecipeError(f"{path}.kwargs.{key}: unknown keys {sorted(extra)}")
             value = _call_factory(value["factory"], value.get("kwargs", {}), f"{path}.kwargs.{key}")
         built[key] = value
-    return fn(**built)
+    try:
+        inspect.signature(fn).bind(**built)
+    except TypeError as e:  # a kwarg the factory does not take, or one it needs and did not get
+        raise RecipeError(f"{path}: {ref}: {e}") from None
+    try:
+        return fn(**built)
+    except ValueError as e:  # the factory refused a setting: name the recipe entry that holds it
+        raise RecipeError(f"{path}: {ref}: {e}") from e
 
 
 def _as_dict(item: Any, where: str) -> dict:
