@@ -8,6 +8,8 @@ the same path: its tokenizer comes from a named factory, its model is built from
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -24,8 +26,6 @@ def local_path_problem(name: str) -> str | None:
     validation error. A hub id is ``name`` or ``owner/name``; anything starting with ``/ . ~`` or
     holding more than one ``/`` can only be a path.
     """
-    from pathlib import Path
-
     path = Path(name).expanduser()
     looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1
     if looks_local and not path.is_dir():
