@@ -153,3 +153,35 @@ def test_batch_rows_equal_single_row_forwards(attn, mode):
         got = resp_logits[b, : len(response)]
         diff = (got - ref[len(prompt) - 1 : -1]).abs().max().item()
         assert diff < TOL, f"row {b}: max abs diff {diff}"
+
+
+def test_forward_argument_lookup_through_wrappers():
+    """``cache_kwarg`` / ``takes_kwarg`` on a model, a ``**kwargs`` wrapper (PEFT-like), a DDP-like holder
+    (``.module``, whose own forward takes ``**kwargs``) and a forward that takes neither."""
+    from parallel_r1.structure.cache import takes_kwarg
+
+    model = tiny_model("qwen3", "sdpa")
+    name = cache_kwarg(model)
+    assert name in ("cache", "past_key_values") and takes_kwarg(model, "logits_to_keep")
+
+    class PassOn(torch.nn.Module):
+        def forward(self, input_ids, **kwargs):
+            return input_ids
+
+    class Holder(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.module = inner
+
+        def forward(self, *inputs, **kwargs):
+            return self.module(*inputs, **kwargs)
+
+    class Plain(torch.nn.Module):
+        def forward(self, input_ids):
+            return input_ids
+
+    assert cache_kwarg(PassOn()) == "cache" and takes_kwarg(PassOn(), "logits_to_keep")
+    assert cache_kwarg(Holder(model)) == name
+    # looked up on the held model: the holder's own **kwargs would answer "cache" / True
+    assert cache_kwarg(Holder(Plain())) is None and not takes_kwarg(Holder(Plain()), "logits_to_keep")
+    assert cache_kwarg(Plain()) is None and not takes_kwarg(Plain(), "logits_to_keep")

@@ -35,25 +35,30 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 KV = tuple[torch.Tensor, torch.Tensor]
 
 
-def cache_kwarg(model) -> str | None:
-    """Name of the forward argument that takes a KV cache: ``cache`` (5.24+) or ``past_key_values``.
-
-    Looked up on the unwrapped model (DDP keeps it in ``.module`` and its forward takes ``**kwargs``).
-    A forward that takes only ``**kwargs`` (PEFT and other wrappers) passes it on under the current
-    name, ``cache``; None when the forward takes no cache at all.
-    """
+def _forward_params(model) -> tuple[dict, bool]:
+    """Parameters of the unwrapped model's forward (DDP keeps the model in ``.module`` and its own
+    forward takes ``**kwargs``), and whether that forward takes ``**kwargs`` itself (PEFT and other
+    wrappers, which pass them on)."""
     params = inspect.signature(getattr(model, "module", model).forward).parameters
+    return params, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def cache_kwarg(model) -> str | None:
+    """Name of the forward argument that takes a KV cache: ``cache`` (5.24+) or ``past_key_values``;
+    a forward that takes only ``**kwargs`` gets the current name, ``cache``; None when the forward
+    takes no cache at all."""
+    params, var_kwargs = _forward_params(model)
     for name in ("cache", "past_key_values"):
         if name in params:
             return name
-    return "cache" if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()) else None
+    return "cache" if var_kwargs else None
 
 
 def takes_kwarg(model, name: str) -> bool:
-    """Whether ``model.forward`` accepts ``name`` (e.g. ``logits_to_keep``); a forward taking
-    ``**kwargs`` (PEFT and other wrappers) is assumed to pass it on."""
-    params = inspect.signature(model.forward).parameters
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    """Whether the model's forward accepts ``name`` (e.g. ``logits_to_keep``); one taking
+    ``**kwargs`` is assumed to pass it on."""
+    params, var_kwargs = _forward_params(model)
+    return name in params or var_kwargs
 
 
 def output_cache(out) -> DynamicCache:
