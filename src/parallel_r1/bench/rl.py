@@ -86,7 +86,6 @@ def run_rl_bench(cfg: RLBenchConfig, output: Path | None = None, log=print) -> d
 def _run(cfg: RLBenchConfig, output: Path, log) -> dict:
     import torch
 
-    from parallel_r1.bench.rl_ours import OurGRPO, bench_stage
     from parallel_r1.bench.rl_trl import build_trl_trainer, make_alternate, time_generation
     from parallel_r1.data.toy_model import build_tiny_model
 
@@ -98,8 +97,7 @@ def _run(cfg: RLBenchConfig, output: Path, log) -> dict:
     params = sum(p.numel() for p in ours_model.parameters())
     log(f"toy model {cfg.model_size}: {params / 1e6:.2f}M params, {cfg.threads} thread(s); {cfg.prompts} prompts x "
         f"{cfg.group} samples x {cfg.completion_len} tokens per step; {cfg.warmup} + {cfg.repeats} A/B steps")
-    stage = bench_stage(cfg.prompts, cfg.group, cfg.completion_len, cfg.lr, cfg.steps, share_prompts=cfg.share_prompts)
-    ours = OurGRPO(ours_model, tokenizer, items, stage, cfg.mode, cfg.seed, output / "ours")
+    ours = _our_side(cfg, ours_model, tokenizer, items, output / "ours")
     alternate = make_alternate(ours.step)
     trainer = build_trl_trainer(trl_model, tokenizer, texts, answers, group=cfg.group,
                                 completion_len=cfg.completion_len, lr=cfg.lr, steps=cfg.steps, seed=cfg.seed,
@@ -115,7 +113,6 @@ def run_rl_profile(cfg: RLBenchConfig, output: Path | None = None, log=print) ->
     (``rl_profile``) over ``repeats`` steps of the same work as the A/B."""
     import torch
 
-    from parallel_r1.bench.rl_ours import OurGRPO, bench_stage
     from parallel_r1.bench.rl_profile import profile_our_steps
     from parallel_r1.data.toy_model import build_tiny_model
 
@@ -125,8 +122,7 @@ def run_rl_profile(cfg: RLBenchConfig, output: Path | None = None, log=print) ->
         with tempfile.TemporaryDirectory(prefix="bench-rl-") as tmp:
             tokenizer, items, _, _ = _workload(cfg)
             model = build_tiny_model(tokenizer, cfg.seed, cfg.model_size)
-            stage = bench_stage(cfg.prompts, cfg.group, cfg.completion_len, cfg.lr, cfg.steps, share_prompts=cfg.share_prompts)
-            ours = OurGRPO(model, tokenizer, items, stage, cfg.mode, cfg.seed, Path(output or tmp) / "ours")
+            ours = _our_side(cfg, model, tokenizer, items, Path(output or tmp) / "ours")
             for _ in range(cfg.warmup):
                 ours.step()
             profile = profile_our_steps(ours, cfg.repeats)
@@ -139,6 +135,14 @@ def run_rl_profile(cfg: RLBenchConfig, output: Path | None = None, log=print) ->
     return {"profile": profile, "ours_samples_per_s": cfg.prompts * cfg.group / profile["step_s"],
             **asdict(cfg), "machine": {"cpu": _cpu_model(), "nproc": os.cpu_count()},
             "load_avg_1m": os.getloadavg()[0]}  # fmt: skip
+
+
+def _our_side(cfg: RLBenchConfig, model, tokenizer, items, output: Path):
+    """Our GRPO step on ``model`` (``rl_ours``), set up from the bench settings."""
+    from parallel_r1.bench.rl_ours import OurGRPO, bench_stage
+
+    stage = bench_stage(cfg.prompts, cfg.group, cfg.completion_len, cfg.lr, cfg.steps, share_prompts=cfg.share_prompts)
+    return OurGRPO(model, tokenizer, items, stage, cfg.mode, cfg.seed, output)
 
 
 def _workload(cfg: RLBenchConfig):
