@@ -209,7 +209,7 @@ def ablation_table(ablation: dict) -> str:
 
 
 def markdown(report: dict, teacher_md: str) -> str:
-    cfg, ev, dyn = report["config"], report["eval"], report["rl_dynamics"]
+    cfg, ev, dyn, own = report["config"], report["eval"], report["rl_dynamics"], report["stage0_own_prompt"]
     s = ev["settings"]
     hard = ev["sets"]["hard"]
     lines = [
@@ -233,8 +233,8 @@ def markdown(report: dict, teacher_md: str) -> str:
         results_table(report),
         "",
         f"For context, not a comparison under the same settings: the stage-0 model with the prompt it was trained "
-        f"with ({report['stage0_own_prompt']['template']!r}) reaches {_pct(report['stage0_own_prompt']['hard_accuracy'], report['stage0_own_prompt']['hard_accuracy_se'])}% "
-        f"on toy-hard and {_pct(report['stage0_own_prompt']['easy_accuracy'], report['stage0_own_prompt']['easy_accuracy_se'])}% on toy-easy.",
+        f"with ({own['template']!r}) reaches {_pct(own['hard_accuracy'], own['hard_accuracy_se'])}% "
+        f"on toy-hard and {_pct(own['easy_accuracy'], own['easy_accuracy_se'])}% on toy-easy.",
         "",
         f"Final policy minus SFT on toy-hard (paired, same problems): {_diff(report['rl_vs_sft'])}"
         + ("." if report["rl_vs_start"]["start"] == "sft" else

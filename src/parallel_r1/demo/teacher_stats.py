@@ -1,8 +1,9 @@
 """The scripted teacher's success rate per split, on the very problems the demo trains on (Table 1 shape).
 
 The recipe's ``sft`` stage builds its data with ``demo.data:cold_start_rows`` (teacher traces on easy
-problems, filtered); its ``rl`` stage draws hard problems (with some easy ones mixed in) with ``demo.data:rl_problems``. Here the same
-teacher is asked about both problem sets with the same seeds, every trace goes through
+problems, filtered); its ``rl`` stage draws hard problems (with some easy ones mixed in) with
+``demo.data:rl_problems``. Here the same teacher is asked about the SFT problems and the RL stage's
+hard problems with the same seeds, every trace goes through
 ``teacher.check_trace`` (the validation real teacher output gets), and the counts form the table:
 valid parallel format, correct answer, kept (both). All traces are written with their checks to
 ``traces.jsonl`` so any row of the table can be inspected.
