@@ -36,6 +36,7 @@ def test_profile_covers_the_step_with_exclusive_sections(tmp_path):
     result = run_rl_profile(cfg, output=tmp_path, log=lambda m: None)
     profile = result["profile"]
     assert set(profile["sections_s"]) == set(SECTIONS)
+    assert result["our_forward"] == "lean"
     assert profile["sections_s"]["old_logprobs_fwd"] == 0.0  # on-policy: no separate old-log-prob pass
     for name in ("generation", "train_fwd", "backward", "optimizer", "logging"):
         assert profile["sections_s"][name] > 0, name
@@ -49,8 +50,9 @@ def test_command_prints_the_json_last():
     app = typer.Typer()
     app.command()(bench_rl)
     args = ["--model-size", "tiny", "--prompts", "2", "--group", "2", "--completion-len", "4", "--repeats", "1",
-            "--warmup", "0", "--mode", "sequential"]  # fmt: skip
+            "--warmup", "0", "--mode", "sequential", "--no-lean"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     assert figures["mode"] == "sequential" and figures["completion_tokens_per_step"]["ours"] == [2 * 2 * 4]
+    assert figures["lean"] is False and figures["our_forward"] == "model (lean=False)"

@@ -25,3 +25,6 @@ def test_bench_engine_prints_the_figures_as_its_last_line():
     assert figures["response_len"] == 3 + 1 + 3 * 5 + 2 + 2 + 1 + 2
     assert figures["unseen_logprob_max_abs_diff"] <= 1e-4
     assert figures["branching_vs_plain"] > 0 and figures["branching_vs_reprefill"] > 0
+    assert figures["lean_vs_model_forward"] > 0 and figures["engine_forward"] == "lean"
+    assert set(figures["seconds_best"]) == {"branching", "branching_seen", "branching_model_forward", "plain",
+                                            "reprefill"}

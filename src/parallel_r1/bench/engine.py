@@ -11,7 +11,8 @@ One run measures, side by side on the same random Qwen3-shaped model and the sam
    then one request per path that re-encodes the whole prefix, then one summary request that
    re-encodes prefix and paths and decodes summary and tail.
 Also timed: (1) in seen mode (the block is re-encoded causally before the summary), as
-``seen_vs_plain``.
+``seen_vs_plain``; and (1) through the model's own forward instead of the engine's lean one
+(``engine.decoder``), as ``lean_vs_model_forward`` = time of that / time of (1).
 ``branching_vs_plain`` = tokens/s of (1) / tokens/s of (2) for the same token count;
 ``branching_vs_reprefill`` = time of (3) / time of (1). Times include the prefill. One untimed round
 warms up, then ``repeats`` rounds run the methods interleaved; ratios use each method's best time
@@ -84,8 +85,11 @@ def run_engine_bench(shape: BenchShape, device: str = "cpu", dtype: str = "float
         f"{torch.get_num_threads()} CPU threads; batch {shape.batch}, prefix {shape.prefix_len}, "
         f"{shape.num_paths} paths x {shape.path_len}, response {shape.response_len} tokens per row")
     engine = Engine(model, tokenizer, tag_ids=tags, max_batch_size=shape.batch)
+    model_forward = Engine(model, tokenizer, tag_ids=tags, max_batch_size=shape.batch, lean=False)
+    log(f"engine forward: {engine.forward_path}")
     methods = {
         "branching": lambda: _run_branching(engine, prompts, shape, seed),
+        "branching_model_forward": lambda: _run_branching(model_forward, prompts, shape, seed),
         "branching_seen": lambda: _run_branching(engine, prompts, shape, seed, mode="seen"),
         "plain": lambda: _run_plain(model, prompts, shape.response_len, seed),
         "reprefill": lambda: _run_reprefill(model, prompts, shape, tags, seed),
@@ -101,6 +105,8 @@ def run_engine_bench(shape: BenchShape, device: str = "cpu", dtype: str = "float
         "branching_vs_plain": best["plain"] / best["branching"],
         "branching_vs_reprefill": best["reprefill"] / best["branching"],
         "seen_vs_plain": best["plain"] / best["branching_seen"],
+        "lean_vs_model_forward": best["branching_model_forward"] / best["branching"],
+        "engine_forward": engine.forward_path,
         "unseen_logprob_max_abs_diff": diff,
         "seconds_best": best,
         "seconds_all": seconds,

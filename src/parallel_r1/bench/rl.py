@@ -47,6 +47,7 @@ class RLBenchConfig:
     threads: int = 1  # torch CPU threads, both sides
     seed: int = 0
     share_prompts: bool = True  # our update computes each group's prompt once (False: the full forward)
+    lean: bool = True  # our engine decodes through engine.decoder's lean forward (False: the model's forward)
 
     def __post_init__(self) -> None:
         assert self.mode in OUR_MODES, f"mode must be one of {OUR_MODES}, got {self.mode!r}"
@@ -98,6 +99,7 @@ def _run(cfg: RLBenchConfig, output: Path, log) -> dict:
     log(f"toy model {cfg.model_size}: {params / 1e6:.2f}M params, {cfg.threads} thread(s); {cfg.prompts} prompts x "
         f"{cfg.group} samples x {cfg.completion_len} tokens per step; {cfg.warmup} + {cfg.repeats} A/B steps")
     ours = _our_side(cfg, ours_model, tokenizer, items, output / "ours")
+    log(f"our engine's forward: {ours.engine.forward_path}")
     alternate = make_alternate(ours.step)
     trainer = build_trl_trainer(trl_model, tokenizer, texts, answers, group=cfg.group,
                                 completion_len=cfg.completion_len, lr=cfg.lr, steps=cfg.steps, seed=cfg.seed,
@@ -105,7 +107,7 @@ def _run(cfg: RLBenchConfig, output: Path, log) -> dict:
     trl_generate = time_generation(trainer)
     trainer.train()
     ours.close()
-    return _figures(cfg, alternate, trainer, trl_generate, params, log)
+    return _figures(cfg, alternate, trainer, trl_generate, params, log) | {"our_forward": ours.engine.forward_path}
 
 
 def run_rl_profile(cfg: RLBenchConfig, output: Path | None = None, log=print) -> dict:
@@ -126,13 +128,14 @@ def run_rl_profile(cfg: RLBenchConfig, output: Path | None = None, log=print) ->
             for _ in range(cfg.warmup):
                 ours.step()
             profile = profile_our_steps(ours, cfg.repeats)
+            forward = ours.engine.forward_path
             ours.close()
     finally:
         torch.set_num_threads(threads)
     for name, share in profile["sections_share"].items():
         log(f"  {name:<17} {profile['sections_s'][name] * 1000:8.1f} ms  {share:6.1%}")
     log(f"step {profile['step_s'] * 1000:.1f} ms ({cfg.prompts * cfg.group / profile['step_s']:.1f} samples/s)")
-    return {"profile": profile, "ours_samples_per_s": cfg.prompts * cfg.group / profile["step_s"],
+    return {"profile": profile, "ours_samples_per_s": cfg.prompts * cfg.group / profile["step_s"], "our_forward": forward,
             **asdict(cfg), "machine": {"cpu": _cpu_model(), "nproc": os.cpu_count()},
             "load_avg_1m": os.getloadavg()[0]}  # fmt: skip
 
@@ -142,7 +145,7 @@ def _our_side(cfg: RLBenchConfig, model, tokenizer, items, output: Path):
     from parallel_r1.bench.rl_ours import OurGRPO, bench_stage
 
     stage = bench_stage(cfg.prompts, cfg.group, cfg.completion_len, cfg.lr, cfg.steps, share_prompts=cfg.share_prompts)
-    return OurGRPO(model, tokenizer, items, stage, cfg.mode, cfg.seed, output)
+    return OurGRPO(model, tokenizer, items, stage, cfg.mode, cfg.seed, output, lean=cfg.lean)
 
 
 def _workload(cfg: RLBenchConfig):
@@ -195,7 +198,7 @@ def _figures(cfg: RLBenchConfig, alternate, trainer, trl_generate: list[float], 
             "trl": [min(h["completions/min_length"] for h in trl_logs), max(h["completions/max_length"] for h in trl_logs)],
         },
         "our_side": f"grpo_train_step, {cfg.mode} mode" + (" with max_blocks=0" if cfg.mode == "unseen" else "")
-        + ("" if cfg.share_prompts else ", prompt sharing off"),
+        + ("" if cfg.share_prompts else ", prompt sharing off") + ("" if cfg.lean else ", lean forward off"),
         "params": params,
         **asdict(cfg),
         "samples_per_step_setting": samples,
@@ -230,6 +233,8 @@ def bench_rl(
     threads: Annotated[int | None, typer.Option(help="torch CPU threads for both sides (default 1)")] = None,
     share_prompts: Annotated[bool, typer.Option(
         help="our update computes each prompt once for its samples (--no-share-prompts: before/after)")] = True,
+    lean: Annotated[bool, typer.Option(
+        help="our engine decodes through its lean forward (--no-lean: the model's own forward, before/after)")] = True,
     output: Annotated[Path | None, typer.Option(help="keep our metrics.jsonl and TRL's output dir here")] = None,
     profile: Annotated[bool, typer.Option(
         help="instead of the A/B: where our step spends its time, per section (TRL not needed)")] = False,
@@ -237,7 +242,8 @@ def bench_rl(
     """Our GRPO step vs TRL's GRPOTrainer on the same work (needs ``pip install trl``); last stdout
     line is one JSON object with ``vs_trl`` (our samples/s over TRL's, median of A/B pairs)."""
     cfg = make_config(quick, model_size=model_size, prompts=prompts, group=group, completion_len=completion_len,
-                      repeats=repeats, warmup=warmup, mode=mode, threads=threads, share_prompts=share_prompts)
+                      repeats=repeats, warmup=warmup, mode=mode, threads=threads, share_prompts=share_prompts,
+                      lean=lean)
     log = lambda m: print(m, flush=True)  # noqa: E731
     if profile:
         print(json.dumps(run_rl_profile(cfg, output=output, log=log)), flush=True)

@@ -70,7 +70,7 @@ class OurGRPO:
     """Holds the step context of one bench run; ``step()`` runs and logs one GRPO step."""
 
     def __init__(self, model: torch.nn.Module, tokenizer, items: Sequence[PromptItem], stage: GRPOStage,
-                 mode: str, seed: int, output: Path) -> None:
+                 mode: str, seed: int, output: Path, lean: bool = True) -> None:
         assert mode in OUR_MODES, f"mode must be one of {OUR_MODES}, got {mode!r}"
         tags = tag_ids_of(tokenizer)
         build = functools.partial(make_batch, tag_ids=tags, mode="seen" if mode == "sequential" else mode,
@@ -80,8 +80,8 @@ class OurGRPO:
         self.stage = stage
         self.optimizer = build_optimizer(model, stage.optimizer)
         self.scheduler = build_scheduler(self.optimizer, stage.optimizer, stage.steps)
-        engine = Engine(model, tokenizer, tag_ids=tags, eos_token_ids=())
-        self.ctx = StepContext(model, model, tokenizer, tags, build, dist, seed, mode, self.optimizer, engine)
+        self.engine = Engine(model, tokenizer, tag_ids=tags, eos_token_ids=(), lean=lean)
+        self.ctx = StepContext(model, model, tokenizer, tags, build, dist, seed, mode, self.optimizer, self.engine)
         self.data = StageData(list(items), DataReport("bench"))
         self.order = InOrder(len(items))
         output.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from parallel_r1.engine.decoder import lean_plan
 from parallel_r1.engine.kvcache import PAD_OWNER, RowsView, SlotCache
 from parallel_r1.engine.rows import (
     RULE_FREE,
@@ -68,12 +69,13 @@ class Engine:
     tag_ids: tag -> id (default: read from the tokenizer); max_batch_size: rows decoded at once;
     eos_token_ids: default from the generation config and tokenizer; prefill_tokens: padded prompt
     tokens per prefill forward; compact_above: share of dead (padding) cache slots above which the
-    cache is re-packed (checked every ``COMPACT_EVERY`` steps).
+    cache is re-packed (checked every ``COMPACT_EVERY`` steps); lean: run Llama-family models through
+    ``decoder.LeanPlan`` (same logits, less fixed cost per step) where they allow it, else their forward.
     """
 
     def __init__(self, model, tokenizer, tag_ids: dict[str, int] | None = None,
                  max_batch_size: int = 64, eos_token_ids: Sequence[int] | None = None,
-                 prefill_tokens: int = PREFILL_TOKENS, compact_above: float = 0.5) -> None:
+                 prefill_tokens: int = PREFILL_TOKENS, compact_above: float = 0.5, lean: bool = True) -> None:
         attn = getattr(model.config, "_attn_implementation", None)
         if attn not in SUPPORTED_ATTENTION:
             raise ValueError(f"Engine needs attention in {SUPPORTED_ATTENTION} (custom 4D masks), got {attn!r}; "
@@ -95,6 +97,15 @@ class Engine:
         self._cache_kwarg = cache_kwarg(model)
         assert self._cache_kwarg is not None, f"{type(model).__name__}.forward takes no KV cache"
         self._has_logits_to_keep = takes_kwarg(model, "logits_to_keep")
+        self.lean, self._plan = lean, None
+
+    @property
+    def forward_path(self) -> str:
+        """Which forward ``generate`` runs: "lean", or "model" with the reason."""
+        if not self.lean:
+            return "model (lean=False)"
+        plan, why = lean_plan(self.model)
+        return "lean" if plan is not None else f"model ({why})"
 
     @property
     def device(self) -> torch.device:
@@ -114,8 +125,10 @@ class Engine:
         self._check_prompts(prompts, num_samples)
         was_training = self.model.training
         self.model.eval()
-        # read once per call: ``device`` walks the module tree, too slow for every step
+        # read once per call: ``device`` walks the module tree, too slow for every step; the plan is
+        # rebuilt per call so hooks or modules swapped in between calls are seen
         self._run_device, self._run_dtype = self.device, self.dtype
+        self._plan = lean_plan(self.model)[0] if self.lean else None
         try:
             with torch.inference_mode():
                 rows = self._run(prompts, num_samples, config, list(logits_processors))
@@ -226,17 +239,22 @@ class Engine:
         assert not causal or cache.length == width, "the causal shortcut needs an empty cache"
         mask = None if causal else cache.attention_mask(owners, self._run_dtype)  # (R, 1, Q, K)
         keep = width - min(q for _, q, _ in emits)
-        kwargs = {self._cache_kwarg: cache, "use_cache": True}
-        if self._has_logits_to_keep:
-            kwargs["logits_to_keep"] = keep
         with _masked_gqa(mask is not None and width > 1 and device.type == "cpu"):
-            out = self.model(input_ids=grid[0], attention_mask=mask, position_ids=grid[1], **kwargs)
-        logits = out.logits[:, -keep:]  # (R, keep, V)
+            logits = self._model_forward(grid[0], grid[1], mask, cache, keep)  # (R, keep, V)
         if keep == 1 and len(emits) == len(feeds):  # every row emits from its last query, rows in order
             return logits[:, 0], emits
         rows_idx = torch.tensor([r for r, _, _ in emits], device=device)
         cols_idx = torch.tensor([q - (width - keep) for _, q, _ in emits], device=device)
         return logits[rows_idx, cols_idx], emits
+
+    def _model_forward(self, ids, positions, mask, cache, keep: int) -> torch.Tensor:
+        if self._plan is not None:
+            return self._plan(ids, positions, mask, cache, keep)
+        kwargs = {self._cache_kwarg: cache, "use_cache": True}
+        if self._has_logits_to_keep:
+            kwargs["logits_to_keep"] = keep
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs)
+        return out.logits[:, -keep:]
 
     # ---- helpers --------------------------------------------------------------------------------
     def _rule_bias(self, config: SamplingConfig) -> torch.Tensor:

@@ -308,6 +308,8 @@ class _Run:
         if self.dist.is_main:
             log.info("stage %d %r (%s): steps %d..%d of %d", i, stage.name, stage.type,
                      self.state.stage_step + 1, total, total)  # fmt: skip
+            if self.ctx.engine is not None and hasattr(self.ctx.engine, "forward_path"):
+                log.info("rollout engine forward: %s", self.ctx.engine.forward_path)
         self.progress.start(stage.name, total, self.state.stage_step)
         for stage_step in range(self.state.stage_step + 1, total + 1):
             self._step(i, stage, data, order, optimizer, scheduler, stage_step, total)
