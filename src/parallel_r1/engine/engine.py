@@ -24,6 +24,10 @@
    recomputes the prefix for each; it samples Unseen models at causal positions. Here unseen mode
    samples at the structured positions the model is trained with, so sampling log-probs equal the
    training forward's.
+7. Llama-family models (Llama, Mistral, Qwen2, Qwen3) run through ``decoder.LeanPlan``: the same
+   tensor operations as their own ``forward`` without its per-call wrapping, so the same logits at
+   less fixed cost per step; any other model, or one with hooks or patched modules, runs its own
+   ``forward`` (``Engine.forward_path`` says which and why).
 """
 
 from __future__ import annotations
