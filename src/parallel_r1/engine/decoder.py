@@ -3,7 +3,7 @@ the model's own ``forward`` where the model's shape allows it.
 
 Why: a decode step of a small model is mostly fixed cost per call, not arithmetic. The model's
 ``forward`` goes through output capturing, kwarg merging, mask preparation, output dataclasses and a
-module call per submodule. On the bench's 1M-parameter model that is about a tenth of a generation.
+module call per submodule. On bench rl's 1M-parameter model that is ~15% of a generation.
 ``LeanPlan`` runs the same tensor operations in the same order, on the model's own parameters (read,
 never copied, so an optimiser step is seen by the next ``generate``) and the engine's cache. Its
 logits equal the model's bit for bit: tests/test_engine_decoder.py checks each family, on sdpa and
