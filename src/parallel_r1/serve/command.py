@@ -84,7 +84,8 @@ def serve(
     _stop_on_signals()
     n = torch.get_num_threads()
     where = f"{n} CPU thread{'s' * (n != 1)}" if engine.device.type == "cpu" else str(engine.device)
-    typer.echo(f"serving {options.model_name} ({mode}, {num_paths} paths, {where}) at {server.url}/v1", err=True)
+    typer.echo(f"serving {options.model_name} ({mode}, {num_paths} paths, {where}, forward: {engine.forward_path}) "
+               f"at {server.url}/v1", err=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
