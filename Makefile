@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install install-bench demo test test-fast lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 install: $(VENV)/.installed
+
+# TRL (and its datasets dependency) for `parallel-r1 bench rl`; torch stays the pinned one
+install-bench: install
+	$(BIN)/pip install -e ".[dev,bench]"
 
 demo: install
 	$(BIN)/parallel-r1 demo --output runs/demo

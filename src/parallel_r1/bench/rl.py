@@ -251,6 +251,6 @@ def bench_rl(
     try:
         import trl  # noqa: F401
     except ImportError:
-        raise typer.BadParameter("bench rl needs TRL: pip install 'trl==1.16.*'") from None
+        raise typer.BadParameter("bench rl needs TRL: make install-bench (or pip install -e '.[bench]')") from None
     result = run_rl_bench(cfg, output=output, log=log)
     print(json.dumps(result), flush=True)
