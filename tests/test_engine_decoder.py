@@ -149,6 +149,24 @@ def test_families_and_layouts_it_does_not_cover_keep_the_model_forward():
     assert "Wrapped is not a plain Linear" in lean_plan(wrapped)[1]
 
 
+def test_modules_patched_from_outside_the_modeling_file_keep_the_model_forward():
+    class PatchedRMSNorm(type(build("qwen3", "sdpa").model.norm)):  # a kernel library's drop-in norm
+        def forward(self, hidden_states):
+            return super().forward(hidden_states)
+
+    patched = build("qwen3", "sdpa")
+    old = patched.model.layers[0].input_layernorm
+    patched.model.layers[0].input_layernorm = PatchedRMSNorm(old.weight.shape[0], eps=old.variance_epsilon)
+    assert "PatchedRMSNorm.forward is not transformers.models.qwen3.modeling_qwen3's own" in lean_plan(patched)[1]
+
+    instance = build("llama", "sdpa")
+    mlp = instance.model.layers[1].mlp
+    mlp.forward = lambda x: type(mlp).forward(mlp, x)
+    assert "an instance of LlamaMLP has its own forward" in lean_plan(instance)[1]
+    del mlp.forward
+    assert lean_plan(instance)[0] is not None
+
+
 def test_a_hook_added_after_the_engine_was_built_is_honoured(tok):
     model = random_qwen3(len(tok), "tiny", seed=0)
     engine = Engine(model, tok)

@@ -148,8 +148,6 @@ def _check_own(model: nn.Module, home: str) -> None:
 
 def _layer(layer: nn.Module) -> _Layer:
     attn, mlp = layer.self_attn, layer.mlp
-    if getattr(attn, "sliding_window", None) is not None:
-        raise TypeError("a layer with a sliding window")
     qkvo = tuple(_weights(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj))
     gate_up_down = tuple(_weights(m) for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
     q_norm = getattr(attn, "q_norm", None)
