@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from parallel_r1.structure.cache import has_sliding_layers
+
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 ATTENTION = ("sdpa", "eager")
 
@@ -109,7 +111,7 @@ def lean_plan(model: nn.Module) -> tuple[LeanPlan | None, str]:
         return None, f"attention {config._attn_implementation!r} is not one of {ATTENTION}"
     if getattr(config, "hidden_act", None) != "silu":
         return None, f"activation {config.hidden_act!r} is not silu"
-    if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()):
+    if has_sliding_layers(config):
         return None, "sliding-window layers"
     if family == "mistral" and getattr(config, "sliding_window", None) is not None:
         return None, "sliding-window attention"

@@ -61,6 +61,12 @@ def takes_kwarg(model, name: str) -> bool:
     return name in params or var_kwargs
 
 
+def has_sliding_layers(config) -> bool:
+    """Whether a model config declares any layer other than full attention (``layer_types``): such
+    layers drop old keys, so neither a shared prefix nor a restated full-attention forward applies."""
+    return any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or ())
+
+
 def output_cache(out) -> DynamicCache:
     """The cache a forward returned, under either name (``out.cache`` or ``out.past_key_values``)."""
     cache = getattr(out, "cache", None)

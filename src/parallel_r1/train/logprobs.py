@@ -31,6 +31,7 @@ from parallel_r1.structure.cache import (
     cache_from_tensors,
     cache_kwarg,
     cache_tensors,
+    has_sliding_layers,
     output_cache,
     takes_kwarg,
 )
@@ -130,9 +131,7 @@ def _keep_kwargs(model: torch.nn.Module, keep: int) -> dict:
 def _cache_kwarg(model: torch.nn.Module) -> str | None:
     """``structure.cache_kwarg``, or None when the model has sliding-window layers (their cache
     drops old keys, so a shared prefix cannot be reused)."""
-    inner = getattr(model, "module", model)
-    layer_types = getattr(getattr(inner, "config", None), "layer_types", None) or ()
-    if any(kind != "full_attention" for kind in layer_types):
+    if has_sliding_layers(getattr(getattr(model, "module", model), "config", None)):
         return None
     return cache_kwarg(model)
 
