@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from parallel_r1.report import MetricsError, load_metrics, report, write_report
-from parallel_r1.report.plots import moving_average
+from parallel_r1.report.plots import PLOTS, auto_window, build_figure, moving_average
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -125,6 +125,47 @@ def test_cli_reports_and_fails_cleanly(tmp_path):
 def test_moving_average():
     assert moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
     assert moving_average([1.0, 2.0], 1) == [1.0, 2.0]
+    # window 3: the first two points average what exists so far, then a trailing mean of three
+    assert moving_average([3.0, 0.0, 6.0, 3.0, 9.0], 3) == [3.0, 1.5, 3.0, 3.0, 6.0]
+
+
+def test_auto_window():
+    assert [auto_window(n) for n in (0, 9, 10, 35, 40, 150, 499, 500, 5000)] == [1, 1, 3, 3, 4, 15, 49, 50, 50]
+
+
+def _lines(ax):
+    """(label, alpha, ydata) of every line on an axis; unlabelled lines carry matplotlib's '_child' names."""
+    return [(ln.get_label(), ln.get_alpha(), list(ln.get_ydata())) for ln in ax.get_lines()]
+
+
+def test_noisy_curves_get_a_smoothed_line_over_the_faint_raw_one(tmp_path):
+    """Issue 18, defect 11: per-step reward was one raw, jagged line per stage. Now the raw series is
+    drawn faint and unlabelled, and a trailing mean over it bold, with the window in its legend label."""
+    values = [0.0, 1.0] * 20  # 40 steps of alternating noise: the mean is flat at 0.5 once the window is full
+    rows = [{"stage": "rl", "step": s + 1, "reward_mean": v, "accuracy": v} for s, v in enumerate(values)]
+    write_rows(tmp_path / "metrics.jsonl", rows)
+    run = load_metrics(tmp_path / "metrics.jsonl")
+    fig = build_figure(run, PLOTS[0])
+    top = fig.axes[0]
+    (raw_label, raw_alpha, raw_y), (label, alpha, smooth_y) = _lines(top)
+    assert raw_label.startswith("_") and raw_alpha < 0.5 and raw_y == values
+    assert label == "rl (4-step mean)" and alpha is None  # auto window: 40 steps // 10
+    assert smooth_y == moving_average(values, 4) and smooth_y[3:] == [0.5] * 37
+    legend = top.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["rl (4-step mean)"]
+    assert legend.get_title().get_text() == "stage (faint: per step)"
+    # an explicit window wins; 1 draws the raw line alone, labelled with the stage
+    assert _lines(build_figure(run, PLOTS[0], smooth=7).axes[0])[1][0] == "rl (7-step mean)"
+    assert [(la, ys) for la, _, ys in _lines(build_figure(run, PLOTS[0], smooth=1).axes[0])] == [("rl", values)]
+
+
+def test_short_stage_is_drawn_raw_beside_a_smoothed_one(tmp_path):
+    rows = [{"stage": "rl-easy", "step": s, "parallel_ratio": 0.5} for s in range(1, 6)]
+    rows += [{"stage": "rl", "step": s, "parallel_ratio": 0.1 * (s % 3)} for s in range(6, 36)]
+    write_rows(tmp_path / "metrics.jsonl", rows)
+    ax = build_figure(load_metrics(tmp_path / "metrics.jsonl"), PLOTS[1]).axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["rl-easy", "rl (3-step mean)"]
+    assert len(ax.get_lines()) == 3  # rl-easy raw (5 steps: nothing to smooth), rl raw + rl mean
 
 
 def test_rows_in_the_trainers_own_shape(tmp_path):

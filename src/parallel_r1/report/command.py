@@ -10,7 +10,7 @@ import typer
 from parallel_r1.report.load import MetricsError, load_metrics
 
 
-def write_report(run_dir: Path, metrics: Path | None = None, smooth: int = 1) -> Path:
+def write_report(run_dir: Path, metrics: Path | None = None, smooth: int | None = None) -> Path:
     """Write ``run_dir/plots/*.png`` and ``run_dir/report.md``; return the report's path."""
     from parallel_r1.report.plots import draw_all  # matplotlib loads only when a report is drawn
     from parallel_r1.report.summary import summary_markdown
@@ -27,7 +27,11 @@ def report(
     metrics: Annotated[
         Path | None, typer.Option(help="Metrics file to read instead of RUN_DIR/metrics.jsonl.")
     ] = None,
-    smooth: Annotated[int, typer.Option(min=1, help="Moving-average window drawn over the raw curves.")] = 1,
+    smooth: Annotated[
+        int | None,
+        typer.Option(min=1, help="Trailing-mean window drawn over the faint per-step curves; 1: raw only. "
+                     "Default: a tenth of each stage's steps (none under 10 steps)."),
+    ] = None,
 ) -> None:
     """Plot reward, accuracy, parallel ratio and block position over steps; write RUN_DIR/report.md."""
     try:
