@@ -23,7 +23,8 @@
 6. Differences from the reference engine (PAPER.md section 5): it sends one request per path and
    recomputes the prefix for each; it samples Unseen models at causal positions. Here unseen mode
    samples at the structured positions the model is trained with, so sampling log-probs equal the
-   training forward's.
+   training forward's. ``SamplingConfig(compat="reference")`` samples as the reference does instead
+   (``rows`` module docstring, point 8), for its released checkpoints.
 7. Llama-family models (Llama, Mistral, Qwen2, Qwen3) run through ``decoder.LeanPlan``: the same
    tensor operations as their own ``forward`` without its per-call wrapping, so the same logits at
    less fixed cost per step; any other model, or one with hooks or patched modules, runs its own
@@ -33,6 +34,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -126,6 +128,7 @@ class Engine:
         """Sample ``num_samples`` responses per prompt; rollouts ordered by (prompt, sample)."""
         config = config or SamplingConfig()
         config.validate()
+        tags = self._row_tags(config)
         self._check_prompts(prompts, num_samples)
         was_training = self.model.training
         self.model.eval()
@@ -135,7 +138,7 @@ class Engine:
         self._plan = lean_plan(self.model)[0] if self.lean else None
         try:
             with torch.inference_mode():
-                rows = self._run(prompts, num_samples, config, list(logits_processors))
+                rows = self._run(prompts, num_samples, config, list(logits_processors), tags)
         finally:
             self.model.train(was_training)
         find_blocks = self._find_blocks if config.mode == "sequential" else None
@@ -143,8 +146,8 @@ class Engine:
         return sorted(rollouts, key=lambda r: (r.prompt_index, r.sample_index))
 
     # ---- loop -----------------------------------------------------------------------------------
-    def _run(self, prompts, num_samples, config, processors) -> list[RowState]:
-        waiting = deque(RowState(list(prompts[i]), i, s, config, self.tags, self._stop_checker(config))
+    def _run(self, prompts, num_samples, config, processors, tags: TagSet) -> list[RowState]:
+        waiting = deque(RowState(list(prompts[i]), i, s, config, tags, self._stop_checker(config))
                         for i in range(len(prompts)) for s in range(num_samples))
         generator = make_generator(config.seed, self._run_device)
         rule_bias = self._rule_bias(config)
@@ -261,6 +264,18 @@ class Engine:
         return out.logits[:, -keep:]
 
     # ---- helpers --------------------------------------------------------------------------------
+    def _row_tags(self, config: SamplingConfig) -> TagSet:
+        """The tags rows use: reference compat adds the ids of "\n" (rows module docstring, point 8),
+        encoded without special tokens as the reference's Qwen tokenizer does (a BOS would put a stray
+        token into every block)."""
+        if config.compat != "reference":
+            return self.tags
+        newline = tuple(self.tokenizer.encode("\n", add_special_tokens=False))
+        if not newline:
+            raise ValueError('compat="reference" inserts "\\n" after </Parallel>, but this tokenizer '
+                             'encodes "\\n" to no tokens')
+        return dataclasses.replace(self.tags, newline=newline)
+
     def _rule_bias(self, config: SamplingConfig) -> torch.Tensor:
         """(5, V) additive bias per rule set (rows module docstring, point 2)."""
         t = self.tags

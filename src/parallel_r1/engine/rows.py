@@ -26,6 +26,14 @@ Rules (where the engine issue left a choice, the choice is stated here):
    on what it was sampled from.
 7. Stop strings are checked in the main chain only (stopping inside a block would leave it unclosed);
    the tokens that completed the stop string stay in the response.
+8. ``compat="reference"`` samples as the reference engine does (its ``parallel_thinking_loop_v3``), to
+   evaluate and serve its released checkpoints as they were trained: after the paths it inserts
+   ``</Parallel>``, the tokenizer's ids of ``"\n"`` and ``<Summary>`` (loss mask 0 on all of them); the
+   ``</Summary>`` of block ``max_blocks`` ends the response (finish reason ``"max_blocks"``) where
+   ours suppresses ``<Parallel>`` and goes on; and unseen mode samples the summary and everything
+   after it at causal positions over the serialised block (the seen re-encode of point 5), where
+   ours uses the structured positions of training. The rollout keeps its mode, so training still
+   reads it under the structured mask.
 """
 
 from __future__ import annotations
@@ -69,6 +77,7 @@ class TagSet:
     sum_open: int
     sum_close: int
     eos: frozenset[int]
+    newline: tuple[int, ...] = ()  # ids of "\n", inserted after </Parallel> under compat="reference"
 
     @classmethod
     def from_tag_ids(cls, tag_ids: dict[str, int], eos_ids: set[int]) -> TagSet:
@@ -108,6 +117,9 @@ class RowState:
         self.prompt_ids = list(prompt_ids)
         self.prompt_index, self.sample_index = prompt_index, sample_index
         self.config, self.tags, self.stop_checker = config, tags, stop_checker
+        self.reference = config.compat == "reference"  # point 8
+        # inserted after the paths: </Parallel> [ids of "\n" in reference compat] <Summary>
+        self.block_tail = (tags.par_close, *(tags.newline if self.reference else ()), tags.sum_open)
         self.phase = MAIN
         self.out = Branch(next_pos=len(prompt_ids))  # the serialised response
         self.paths: list[Branch] = []
@@ -245,21 +257,20 @@ class RowState:
         longest = max(len(p.ids) for p in self.paths)
         self.paths = []
         block.close = len(self.out.ids)
-        self.out.add(self.tags.par_close, sampled=False)
-        if self.room() <= 0:
-            return self.finish("length")
-        self.out.add(self.tags.sum_open, sampled=False)
-        block.summary = (block.close + 1, len(self.out.ids))  # grows until </Summary>
-        if self.room() <= 0:
-            return self.finish("length")
+        for token in self.block_tail:
+            self.out.add(token, sampled=False)
+            if token == self.tags.sum_open:
+                block.summary = (len(self.out.ids) - 1, len(self.out.ids))  # grows until </Summary>
+            if self.room() <= 0:
+                return self.finish("length")
         self.phase = SUMMARY
         self.summary = Branch()
-        if self.config.mode == "unseen":
+        if self.config.mode == "unseen" and not self.reference:
             self.out.next_pos = self.block_pos + longest + 1  # one past the highest </Path>
             self._feed(self.tags.par_close, 0, False, self.out)
             self._feed(self.tags.sum_open, 0, True, self.out)
             self.remap_after = 0  # the paths join the trunk once their last tokens are written
-        else:  # seen: retire the isolated keys, re-encode the block causally
+        else:  # seen (or reference compat, point 8): retire the isolated keys, re-encode the block causally
             self.pending = [f for f in self.pending if f.owner == 0]
             self.remap_before = -1
             self.out.next_pos = self.block_pos + 1
@@ -285,6 +296,8 @@ class RowState:
     def _close_summary(self) -> None:
         block = self.blocks[-1]
         block.summary = (block.summary[0], len(self.out.ids))
+        if self.reference and len(self.blocks) >= self.config.max_blocks:
+            return self.finish("max_blocks")  # point 8; checked first: the response is whole, not cut
         if self.room() <= 0:
             return self.finish("length")
         self.phase = MAIN

@@ -14,10 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 MODES = ("unseen", "seen", "sequential")
+# "ours": the engine's own rules (rows module docstring); "reference": sample as the reference engine
+# does, to evaluate and serve its released checkpoints on their own terms (rows module docstring, point 8)
+COMPATS = ("ours", "reference")
 
 # A logits processor gets the (n, V) logits of the n queries sampled this step and one context per
 # row, and returns (n, V) logits (it may change them in place). It runs before the engine's tag rules
@@ -55,7 +59,10 @@ class SamplingConfig:
     num_paths: paths forked at each ``<Parallel>``; max_blocks: after this many blocks ``<Parallel>``
         is suppressed; stop: strings that end the response when the main chain produces them;
     mode: "unseen" (structured attention), "seen" (causal re-encode before the summary) or
-        "sequential" (plain decoding, the tags are ordinary tokens).
+        "sequential" (plain decoding, the tags are ordinary tokens);
+    compat: "ours" (default) or "reference": insert ``</Parallel>\n<Summary>``, end the response after
+        block ``max_blocks`` and sample unseen summaries at causal positions, as the reference engine
+        does (rows module docstring, point 8); no effect in sequential mode.
     """
 
     temperature: float = 1.0
@@ -69,6 +76,7 @@ class SamplingConfig:
     stop: Sequence[str] | str | None = ()  # normalised to a tuple
     seed: int = 0
     mode: str = "unseen"
+    compat: Literal["ours", "reference"] = "ours"
 
     def __post_init__(self) -> None:
         if self.stop is None:
@@ -92,6 +100,7 @@ class SamplingConfig:
             (1 <= self.num_paths <= 64, f"num_paths must be in 1..64, got {self.num_paths}"),
             (self.max_blocks >= 0, f"max_blocks must be >= 0, got {self.max_blocks}"),
             (self.mode in MODES, f"mode must be one of {MODES}, got {self.mode!r}"),
+            (self.compat in COMPATS, f"compat must be one of {COMPATS}, got {self.compat!r}"),
             (all(isinstance(s, str) and s for s in self.stop), f"stop strings must be non-empty: {self.stop!r}"),
         ]
         for ok, message in checks:
