@@ -14,14 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
 MODES = ("unseen", "seen", "sequential")
 # "ours": the engine's own rules (rows module docstring); "reference": sample as the reference engine
-# does, to evaluate and serve its released checkpoints on their own terms (rows module docstring, point 8)
-COMPATS = ("ours", "reference")
+# does, to evaluate and serve its released checkpoints on their own terms (rows module docstring,
+# point 8). A Literal, so the commands' typer options offer and check the choices.
+Compat = Literal["ours", "reference"]
+COMPATS = get_args(Compat)
 
 # A logits processor gets the (n, V) logits of the n queries sampled this step and one context per
 # row, and returns (n, V) logits (it may change them in place). It runs before the engine's tag rules
@@ -76,7 +78,7 @@ class SamplingConfig:
     stop: Sequence[str] | str | None = ()  # normalised to a tuple
     seed: int = 0
     mode: str = "unseen"
-    compat: Literal["ours", "reference"] = "ours"
+    compat: Compat = "ours"
 
     def __post_init__(self) -> None:
         if self.stop is None:
