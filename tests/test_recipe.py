@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -118,21 +119,40 @@ def test_shipped_recipes_validate(path):
 
 
 def test_qwen_recipes_carry_the_paper_hyperparameters():
-    """PAPER.md section 3: SFT lr 1e-5, batch 128, 5 epochs; RL lr 1e-6, 8 rollouts, 300 steps, no KL,
+    """docs/paper.md section 3: SFT lr 1e-5, batch 128, 5 epochs; RL lr 1e-6, 8 rollouts, 300 steps, no KL,
     clip 0.2 (S2 adds clip-high 0.28), alternating reward for S2, scaffold switch at 200."""
     s1 = load_recipe(CONFIGS / "qwen3_4b_unseen_s1.yaml")
     s2 = load_recipe(CONFIGS / "qwen3_4b_unseen_s2.yaml")
     seen = load_recipe(CONFIGS / "qwen3_4b_seen.yaml")
     scaffold = load_recipe(CONFIGS / "qwen3_4b_scaffold.yaml")
-    assert (s1.mode, s2.mode, seen.mode) == ("unseen", "unseen", "seen")
+    assert (s1.mode, s2.mode, seen.mode, scaffold.mode) == ("unseen", "unseen", "seen", "unseen")
     for r in (s1, s2, seen, scaffold):
         sft, rl = r.stages[0], r.stages[-1]
         assert (sft.type, sft.optimizer.lr, sft.batch_size, sft.epochs, sft.max_length) == ("sft", 1e-5, 128, 5, 4096)
         assert (sft.optimizer.weight_decay, sft.optimizer.warmup_ratio, sft.optimizer.schedule) == (0.01, 0.1, "cosine")
-        assert (rl.type, rl.optimizer.lr, rl.num_samples, rl.steps, rl.grpo.kl_coef) == ("grpo", 1e-6, 8, 300, 0.0)
+        assert (rl.type, rl.optimizer.lr, rl.num_samples, rl.grpo.kl_coef) == ("grpo", 1e-6, 8, 0.0)
         assert (rl.max_prompt_tokens, rl.generation["max_new_tokens"]) == (2000, 3000)
+    for r in (s1, s2, seen):
+        assert r.stages[-1].steps == 300
     assert s1.stages[-1].reward.name == "accuracy" and s1.stages[-1].grpo.clip_high == 0.2
     assert s2.stages[-1].reward.name == "alternating" and s2.stages[-1].grpo.clip_high == 0.28
-    assert scaffold.stages[-1].reward.name == "scaffold" and scaffold.stages[-1].reward.params["switch_step"] == 200
     stage1 = seen.stages[1]  # Seen adds RL on GSM8K: 5 rollouts, 35 steps, parallel-gated reward
     assert (stage1.num_samples, stage1.steps, stage1.reward.name, stage1.batch_size) == (5, 35, "parallel", 1024)
+
+
+def test_scaffold_recipe_switches_to_the_mid_training_settings_at_step_200():
+    """Issue 17: the scaffold recipe kept S2's clip-high 0.28 and optimiser state past RL step 200 (one
+    stage with a reward schedule). The reference's mid-training script starts a new run from the S2
+    step-200 checkpoint: accuracy reward, verl's default clip 0.2, a new optimiser. Here: a second RL
+    stage (every stage builds its own optimiser, ``test_train_runner``'s fresh-optimiser test)."""
+    s2 = load_recipe(CONFIGS / "qwen3_4b_unseen_s2.yaml").stages[-1]
+    scaffold = load_recipe(CONFIGS / "qwen3_4b_scaffold.yaml")
+    assert [(s.type, getattr(s, "steps", None)) for s in scaffold.stages] == [("sft", None), ("grpo", 200), ("grpo", 100)]
+    explore, exploit = scaffold.stages[1:]
+    # steps 1-200 are S2's RL stage exactly, apart from its length
+    assert dataclasses.replace(explore, name=s2.name, steps=s2.steps) == s2
+    assert (exploit.reward.name, exploit.reward.params) == ("accuracy", {})
+    assert (exploit.grpo.clip_low, exploit.grpo.clip_high) == (0.2, 0.2)
+    # everything else as before the switch: only the reward, clip-high and the optimiser's state change
+    assert dataclasses.replace(exploit, name=explore.name, steps=explore.steps, reward=explore.reward,
+                               grpo=dataclasses.replace(exploit.grpo, clip_high=0.28)) == explore  # fmt: skip

@@ -262,3 +262,17 @@ def test_resume_refuses_a_changed_recipe_and_a_finished_run_stays_finished(warm,
     before = (warm / "metrics.jsonl").read_text()
     result = run_recipe(recipe_from_dict(raw), warm, resume=True)
     assert result.global_step == 20 and (warm / "metrics.jsonl").read_text() == before
+
+
+def test_each_stage_starts_with_a_fresh_optimiser(tok_dir, tmp_path):
+    """Recipes rely on it: the scaffold recipe's accuracy-only stage must not inherit the moment
+    estimates of the stage before (the reference starts a new run there). AdamW's per-parameter step
+    count at the end of the second stage is that stage's own step count, not the run's."""
+    import torch
+
+    stages = [sft_stage(3, 1e-3), {**sft_stage(2, 1e-3), "name": "sft-again"}]
+    run_recipe(recipe_from_dict(recipe(scratch_model(tok_dir), stages, every=0)), tmp_path)
+    for step, stage_steps in ((3, 3), (5, 2)):
+        state = torch.load(tmp_path / "checkpoints" / f"step-{step:06d}" / "optimizer.pt", weights_only=True)
+        counts = {float(s["step"]) for s in state["state"].values()}
+        assert counts == {float(stage_steps)}, (step, counts)
