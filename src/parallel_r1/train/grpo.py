@@ -24,9 +24,20 @@ What it does, for one batch of rollouts (``n`` samples for each prompt):
    see ``logprobs``): the same log-probs and gradients, less work. Micro-batches are still formed
    by length, so a group's rows share only when they land in the same micro-batch.
 
-Departures from the reference (verl 0.4.1): none in the math above; the log ratio is clamped to
-[-20, 20] before ``exp`` as there. Old log-probs use the structured mask for Unseen models, which the
-reference cannot do because its sampler runs causal positions.
+As in the reference (its fork of verl 0.4.1, ``workers/actor/dp_actor.py`` and
+``trainer/ppo/core_algos.py``; docs/paper.md section 3): group advantages, the clip ranges and dual
+clip, the log ratio clamped to [-20, 20] before ``exp``, old log-probs from a training-mode forward
+(for Unseen models with the structured mask and positions, there too), ``ppo_epochs`` over fixed
+minibatches. Departures:
+a. Token-mean over the whole minibatch (point 4). The reference takes the token mean of each
+   micro-batch and divides it by the number of micro-batches, so a token of a micro-batch with few
+   response tokens weighs more than one of a long micro-batch, and the update depends on the
+   micro-batch size. The two agree only when every micro-batch holds as many response tokens.
+b. Loss mask 0 on the tags the engine inserts (the ``<Path>`` that opens a path, ``</Parallel>``,
+   ``<Summary>``, a ``</Path>`` or ``</Summary>`` forced at a length limit or in place of EOS): the
+   policy did not sample them, so they get no gradient. The reference's rollout
+   (``parallel_thinking_loop_v3.py``) notes which positions it inserted but gives every response
+   token mask 1, so it trains on them as if sampled.
 """
 
 from __future__ import annotations
