@@ -96,7 +96,7 @@ def test_benchmark_metrics_rejects_uneven_and_empty():
 
 
 def test_average_is_unweighted_mean_of_benchmarks_like_table_2():
-    # PAPER.md Table 2, Parallel-R1-Seen: avg 48.9 from 19.2, 19.4, 70.5, 86.7 (the mean@k / MATH cells)
+    # docs/paper.md Table 2, Parallel-R1-Seen: avg 48.9 from 19.2, 19.4, 70.5, 86.7 (the mean@k / MATH cells)
     per = {
         name: {"mean_at_k": v, "pass_at_k": None, "parallel_ratio": 0.273, "samples": 16}
         for name, v in zip(["aime25", "aime24", "amc23", "math"], [0.192, 0.194, 0.705, 0.867], strict=True)

@@ -95,7 +95,7 @@ def test_fast_path_number_length_is_bounded():
 @pytest.mark.parametrize(
     ("predicted", "gold", "method"),
     [
-        # the reference checker's false negatives (PAPER.md 4) and friends
+        # the reference checker's false negatives (docs/paper.md 4) and friends
         ("36.00", "36", "exact"),
         ("$1600.", "1600", "exact"),
         ("1,600", "1600", "exact"),

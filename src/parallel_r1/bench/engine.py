@@ -7,7 +7,7 @@ One run measures, side by side on the same random Qwen3-shaped model and the sam
    ``tail_len`` main-chain tokens. Tags are forced by a logits processor so the shape is fixed.
 2. ``plain``: batched decoding of the same number of response tokens per row by the same model, the
    plainest transformers loop (``DynamicCache``, one token per row and step, no custom mask).
-3. ``reprefill``: the reference engine's way (PAPER.md section 5) with the same loop: the main chain,
+3. ``reprefill``: the reference engine's way (docs/paper.md section 5) with the same loop: the main chain,
    then one request per path that re-encodes the whole prefix, then one summary request that
    re-encodes prefix and paths and decodes summary and tail.
 Also timed: (1) in seen mode (the block is re-encoded causally before the summary), as

@@ -1,6 +1,6 @@
 """A scripted teacher that writes parallel-thinking traces for toy problems, and fails like a real one.
 
-The paper's cold-start data comes from prompting a strong model (PAPER.md section 2); Table 1 reports
+The paper's cold-start data comes from prompting a strong model (docs/paper.md section 2); Table 1 reports
 that it wrote the parallel format on 83.7% of GSM8K problems and on none of DAPO's. This teacher plays
 that role for the toy world (``toy.py``) with one mechanism behind every failure, a working-memory
 budget:
@@ -278,7 +278,7 @@ def teacher_report(n: int = 1000, seed: int = 0, cfg: TeacherConfig | None = Non
 
 
 def format_teacher_report(report: dict[str, dict]) -> str:
-    """A markdown table in the shape of PAPER.md Table 1."""
+    """A markdown table in the shape of docs/paper.md Table 1."""
     rows = [
         "| set | samples | valid parallel format | correct | kept (valid and correct) |",
         "|---|---|---|---|---|",

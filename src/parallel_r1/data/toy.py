@@ -2,7 +2,7 @@
 
 A problem is a starting count and a chain of events that change it (gain, loss, buying groups,
 doubling/tripling); the answer is the count after the last event. Two splits stand in for the
-paper's data (PAPER.md sections 2-3):
+paper's data (docs/paper.md sections 2-3):
 
 - ``easy`` plays GSM8K: 2-3 events, small numbers, no scaling;
 - ``hard`` plays DAPO: 4-6 events, larger numbers, at most one doubling/tripling.

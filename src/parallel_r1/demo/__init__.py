@@ -4,9 +4,9 @@
   the held-out evaluation sets).
 - ``recipes``: ``configs/demo/demo.yaml`` with the demo's seed / ``--quick`` overrides, and the
   ablation's RL-only recipes derived from it.
-- ``teacher_stats``: the scripted teacher's success rate per split (PAPER.md Table 1 shape).
+- ``teacher_stats``: the scripted teacher's success rate per split (docs/paper.md Table 1 shape).
 - ``evaluate``: a checkpoint on a fixed held-out set, with standard errors.
-- ``ablation``: RL arms (sequential, accuracy, alternating) over seeds (PAPER.md Table 4 shape).
+- ``ablation``: RL arms (sequential, accuracy, alternating) over seeds (docs/paper.md Table 4 shape).
 - ``report``: report.json, report.md, plots.
 - ``resources``: wall, CPU time and peak RSS per phase.
 - ``pipeline``: ``run_demo`` wires the above; ``command``: the Typer command.

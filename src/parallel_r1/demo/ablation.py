@@ -1,4 +1,4 @@
-"""``--ablation``: RL arms over several seeds, in the shape of PAPER.md Table 4 (plus a sequential baseline).
+"""``--ablation``: RL arms over several seeds, shaped like docs/paper.md Table 4 (plus a sequential baseline).
 
 Arms, each the curriculum's own ``rl`` stage (``recipes.rl_only_raw``) run by ``train.runner`` under
 seeds ``DemoConfig.ablation_seeds`` into ``DIR/ablation/<arm>-seed<S>/``:

@@ -217,7 +217,7 @@ def markdown(report: dict, teacher_md: str) -> str:
         "",
         f"Seed {cfg['seed']}; recipe `{cfg['recipe']}`" + ("; **--quick: a shrunken smoke run, not a result**" if cfg["quick"] else ""),
         "",
-        "## Scripted teacher (shape of PAPER.md Table 1)",
+        "## Scripted teacher (shape of docs/paper.md Table 1)",
         "",
         "Every trace goes through the validation real teacher output gets (grammar + answer check); "
         "`kept` traces form the cold-start SFT set. toy-easy = the SFT problems, toy-hard = the RL stage's hard problems.",
@@ -251,7 +251,8 @@ def markdown(report: dict, teacher_md: str) -> str:
         "",
     ]  # fmt: skip
     if report.get("ablation"):
-        lines += ["## Reward ablation (shape of PAPER.md Table 4)", "", ablation_table(report["ablation"]), ""]
+        heading = "## Reward ablation (shape of docs/paper.md Table 4)"
+        lines += [heading, "", ablation_table(report["ablation"]), ""]
     lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'no'} |" for t in report.get("targets", [])]
     lines += ["", *resources_md(report.get("resources"))]

@@ -20,7 +20,7 @@
 5. Seeded sampling draws from one generator for the whole call (one uniform per sampled token), so
    it repeats exactly for the same prompts, config and engine settings (``max_batch_size`` and
    ``prefill_tokens`` change the order of draws); greedy decoding does not depend on batching.
-6. Differences from the reference engine (PAPER.md section 5): it sends one request per path and
+6. Differences from the reference engine (docs/paper.md section 5): it sends one request per path and
    recomputes the prefix for each; it samples Unseen models at causal positions. Here unseen mode
    samples at the structured positions the model is trained with, so sampling log-probs equal the
    training forward's. ``SamplingConfig(compat="reference")`` samples as the reference does instead

@@ -4,10 +4,10 @@
    Models Trained on Code", eq. 1): ``1 - C(n-c, k) / C(n, k)`` for ``n`` samples of which ``c`` are
    correct, computed as the product ``prod_{i=n-c+1}^{n} (1 - k/i)`` so no binomial ever overflows.
    With ``k == n`` (the paper's pass@16 from 16 samples) it is 1 when any sample is correct, else 0.
-2. ``mean@k`` is the mean accuracy over the k samples of a problem, averaged over problems (PAPER.md 6).
+2. ``mean@k`` is the mean accuracy over the k samples of a problem, averaged over problems (docs/paper.md 6).
 3. Parallel ratio = share of responses with at least one ``<Parallel>`` tag, closed or not, as the
-   reference counts them (PAPER.md 6); ``valid_parallel_ratio`` additionally asks for one *valid* block.
-4. Relative position of a block = token index of its ``<Parallel>`` / response length (PAPER.md 7);
+   reference counts them (docs/paper.md 6); ``valid_parallel_ratio`` additionally asks for one *valid* block.
+4. Relative position of a block = token index of its ``<Parallel>`` / response length (docs/paper.md 7);
    ``mean_relative_position`` averages over every block of every response (responses without blocks
    do not count), None when no response has a block.
 5. Critical-path tokens: main chain + the longest path of each block + summaries, i.e. the tokens a
@@ -113,7 +113,7 @@ AVERAGED = (
 
 
 def average_metrics(per_benchmark: dict[str, dict]) -> dict:
-    """Unweighted mean over benchmarks of each metric, as the paper's "avg" column (PAPER.md 6:
+    """Unweighted mean over benchmarks of each metric, as the paper's "avg" column (docs/paper.md 6:
     48.9 = mean of the four mean@k / MATH figures). Benchmarks where a metric is None are left out."""
     out: dict = {"num_benchmarks": len(per_benchmark)}
     for key in AVERAGED:

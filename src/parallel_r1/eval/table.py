@@ -1,4 +1,4 @@
-"""Markdown table of an eval result in the shape of the paper's Table 2 (PAPER.md 6).
+"""Markdown table of an eval result in the shape of the paper's Table 2 (docs/paper.md 6).
 
 Columns: method, par.% (parallel ratio averaged over benchmarks), one column per benchmark
 (``mean/pass`` at k when a benchmark has several samples, else the mean alone, as the paper's MATH

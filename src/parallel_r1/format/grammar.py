@@ -1,6 +1,6 @@
 """Parse a response into its parallel-thinking tree and validate it against the reference grammar.
 
-The grammar (PAPER.md section 1), as this parser enforces it:
+The grammar (docs/paper.md section 1), as this parser enforces it:
 1. Tags are balanced as a stack.
 2. ``<Parallel>`` opens only in the main chain (never inside a path, a summary or another block).
 3. ``<Path>`` opens only directly inside ``<Parallel>``; a block holds at least two complete paths.
@@ -93,7 +93,7 @@ class ParsedResponse:
 
     @property
     def relative_positions(self) -> list[float]:
-        """Offset of each block's ``<Parallel>`` divided by the response length (PAPER.md 7)."""
+        """Offset of each block's ``<Parallel>`` divided by the response length (docs/paper.md 7)."""
         n = max(len(self.text), 1)
         return [b.start / n for b in self.blocks]
 

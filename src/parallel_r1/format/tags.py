@@ -1,4 +1,4 @@
-"""The six control tags of the parallel-thinking format (PAPER.md section 1)."""
+"""The six control tags of the parallel-thinking format (docs/paper.md section 1)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Markdown summary of a training run: stages, per-stage statistics of every logged number, the
-relative-position trend (PAPER.md 7), and links to the plots.
+relative-position trend (docs/paper.md 7), and links to the plots.
 
 Known metrics come first in each table, in ``METRIC_ALIASES`` order; every other numeric field
 follows in order of first appearance, so fields this module has never heard of still show up.

@@ -1,7 +1,7 @@
 """Judge one response: parse its parallel structure once, extract the final answer, check it.
 
 The ``Verdict`` is everything a reward function or a metric needs; nothing downstream re-parses the
-text. Departures from the reference reward code (PAPER.md section 4):
+text. Departures from the reference reward code (docs/paper.md section 4):
 1. The answer comes from ``parallel_r1.format.extract_final_answer`` over the whole response (last
    ``Final Answer:`` line, else the last ``\\boxed{}``), not from the last 300 characters only.
 2. Equivalence (``verify.py``) instead of exact match after Minerva normalisation.

@@ -4,7 +4,7 @@ Pure Python (regexes and ``fractions.Fraction``), no sympy: every step is linear
 the answer, so this part can run in the caller's thread without a timeout.
 
 What it decides, and where it departs from the reference checker (Minerva normalisation + exact
-string match, PAPER.md section 4), on purpose:
+string match, docs/paper.md section 4), on purpose:
 1. Wrappers are dropped: a whole-string ``\\boxed{..}`` / ``\\fbox{..}``, ``$..$``, ``\\(..\\)``,
    ``\\[..\\]``, a lone currency ``$`` or ``\\$`` (``$1600.`` -> ``1600``), LaTeX thin spaces, a
    trailing full stop. The reference marks ``$1600.`` vs ``1600`` wrong; here it is right.

@@ -11,7 +11,7 @@ A timeout or a math-verify error counts as not correct, and is never silent: ``A
 ``timed_out`` / carries the ``error``, and ``judge`` copies both into the verdict's errors.
 
 Departures from the reference checker (Minerva normalisation + exact match on the last 300
-characters, PAPER.md section 4): equivalence instead of string equality, so the reference's false
+characters, docs/paper.md section 4): equivalence instead of string equality, so the reference's false
 negatives (``36.00`` vs ``36``, ``$1600.`` vs ``1600``) count as correct, and so do ``1,600``,
 ``\\frac{1}{2}`` vs ``0.5``, ``50\\%`` vs ``50`` (math-verify also takes ``50\\%`` for ``0.5``) and a
 number followed by a unit (``19 pets``). See ``normalize.py`` for the exact rules.

@@ -1,4 +1,4 @@
-"""Structured ("Unseen") attention and position ids for one sequence (PAPER.md section 5).
+"""Structured ("Unseen") attention and position ids for one sequence (docs/paper.md section 5).
 
 ``structured_attention(input_ids, tag_ids) -> (mask (L, L) bool, position_ids (L,) long)`` is the
 DESIGN.md contract: causal; inside a block every path (its ``<Path>`` .. ``</Path>`` tokens) is blind

@@ -6,9 +6,9 @@ Every row has ``stage``, ``step`` (global, from 1), ``stage_step``, ``type`` and
 update's ``loss``, ``clip_fraction``, ``entropy``, ``kl``, ``grad_norm``, ``lr`` and the timing fields
 ``TIMING_KEYS`` (the only ones allowed to differ between a resumed and an uninterrupted run).
 
-- parallel ratio: share of responses with at least one ``<Parallel>`` (PAPER.md section 6);
+- parallel ratio: share of responses with at least one ``<Parallel>`` (docs/paper.md section 6);
 - relative position: index of a block's ``<Parallel>`` token / response length, averaged over all
-  blocks of the step (PAPER.md section 7);
+  blocks of the step (docs/paper.md section 7);
 - critical path: tokens on the longest route through the response (the engine's count).
 
 A Rich progress bar with ETA runs on the main process when stderr is a terminal; TensorBoard scalars

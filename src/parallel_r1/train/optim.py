@@ -1,4 +1,4 @@
-"""AdamW and its learning-rate schedule for one stage (PAPER.md section 3).
+"""AdamW and its learning-rate schedule for one stage (docs/paper.md section 3).
 
 Weight decay applies to every parameter, as in the reference trainer (verl). The schedule advances
 once per training step (one rollout batch for GRPO, one batch for SFT), so a GRPO step with several
