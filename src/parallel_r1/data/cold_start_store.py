@@ -141,7 +141,7 @@ def summarize(directory: Path, meta: dict) -> dict:
 
     ``success_rate`` = accepted / recorded pairs. ``valid_format_rate`` = responses with a valid format
     and >= 1 block (accepted + wrong_answer) / responses received (pairs - request_failed): the
-    quantity of PAPER.md Table 1."""
+    quantity of docs/paper.md Table 1."""
     accepted = read_records(directory / ACCEPTED)
     rejected = read_records(directory / REJECTED)
     reasons = Counter(r["reason"] for r in rejected)
@@ -217,7 +217,7 @@ def find_summaries(directories: list[Path]) -> list[Path]:
 
 
 def report_table(summary_paths: list[Path]) -> str:
-    """A Markdown table in the shape of PAPER.md Table 1, one row per run."""
+    """A Markdown table in the shape of docs/paper.md Table 1, one row per run."""
     lines = [
         "| problem set | problems | samples | responses | valid parallel format | accepted (valid + correct) | request failed |",
         "|---|---|---|---|---|---|---|",

@@ -1,4 +1,4 @@
-"""``parallel-r1 make-data``: cold-start SFT data from any OpenAI-compatible teacher (PAPER.md section 2).
+"""``parallel-r1 make-data``: cold-start SFT data from an OpenAI-compatible teacher (docs/paper.md section 2).
 
 For every (problem, sample) pair the teacher is prompted once (``prompts.py`` template); its answer is
 kept only if the project's own checks pass, in this order (the first failure is the reason):

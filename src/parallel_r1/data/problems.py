@@ -146,7 +146,7 @@ DAPO_TAIL = "\n\nRemember to put your answer on its own line after"
 
 def _dapo_unique(problems: list[Problem]) -> list[Problem]:
     """The hub's DAPO-Math-17k wraps each problem in its own answer-format instruction and repeats
-    it many times; PAPER.md uses the ~17k unique problems. Best effort (not checkable offline): the
+    it many times; docs/paper.md uses the ~17k unique problems. Best effort (not checkable offline): the
     wrapper is cut when it has the expected head and tail, then repeats are dropped."""
     seen: set[str] = set()
     out = []

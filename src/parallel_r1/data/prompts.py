@@ -4,7 +4,7 @@ A template is plain text with one or more ``{problem}`` placeholders. ``render``
 problem text literally (``str.replace``, not ``str.format``), so templates may hold other braces such
 as ``\\boxed{}`` without escaping. Names: ``parallel`` (the default), ``sequential``, or a path.
 
-Departures from the paper (PAPER.md section 2):
+Departures from the paper (docs/paper.md section 2):
 1. ``PARALLEL`` states the same rules as the reference teacher/SFT/RL prompt (insert a block where
    independent perspectives help; at least two independent ``<Path>``s with no cross-references;
    ``</Parallel>`` then a concise ``<Summary>``; repeat as needed; end with ``Final Answer:``) in the

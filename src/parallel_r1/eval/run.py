@@ -8,7 +8,7 @@
    (``rewards.judge_many``) and reduced to a ``SampleRecord`` for the metrics.
 3. Seeds: chunk ``c`` of benchmark ``B`` samples with ``crc32("{seed}/{B}/{c}")``, so a benchmark's
    samples do not depend on which other benchmarks ran before it (or were skipped on resume).
-4. Block positions are token-level (``<Parallel>`` index / response length, PAPER.md 7) from the
+4. Block positions are token-level (``<Parallel>`` index / response length, docs/paper.md 7) from the
    engine's spans; format validity and the answer come from the judge's parse of the text.
 5. Everything that can fail before sampling (benchmark names, data files, template, a resume
    conflict) is checked before the model is loaded.

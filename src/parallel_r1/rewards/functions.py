@@ -1,6 +1,6 @@
 """Reward functions of ``(verdict, step) -> float``, picked by name from a registry.
 
-Four base rewards read only the verdict (PAPER.md section 4); schedules pick one of them per global
+Four base rewards read only the verdict (docs/paper.md section 4); schedules pick one of them per global
 step. Steps count from 1 (the first optimiser step is step 1); a step < 1 is an error.
 
 Base rewards (C = correct, V = whole response format-valid, B = at least one valid block,
@@ -19,7 +19,7 @@ Schedules:
 - ``alternating(window=10, accuracy_steps=8)``: accuracy when ``(step - 1) % window <
   accuracy_steps``, else tiered (steps 1-8 accuracy, 9-10 tiered, 11-18 accuracy, ...).
 - ``scaffold(switch_step=200, window=10, accuracy_steps=8)``: alternating for ``step <=
-  switch_step``, accuracy after. PAPER.md: "alternating for steps 0-200, then accuracy"; with steps
+  switch_step``, accuracy after. docs/paper.md: "alternating for steps 0-200, then accuracy"; with steps
   counted from 1 that is steps 1..200 inclusive, and step 201 is the first accuracy-only step.
 """
 

@@ -2,7 +2,7 @@
 
 A recipe names a model, an attention mode (Seen / Unseen) and a list of stages run in order
 (e.g. sft -> grpo-easy -> grpo-hard); each stage has its data, prompt template, optimiser, step
-count, and for GRPO its reward, generation settings and clip / KL settings (PAPER.md sections 3-5).
+count, and for GRPO its reward, generation settings and clip / KL settings (docs/paper.md sections 3-5).
 
 Every mistake is a ``RecipeError`` whose message starts with the path of the bad entry, e.g.
 ``stages[1].reward.name: unknown reward 'acc'; valid: accuracy, parallel, ...``. Unknown keys are
