@@ -149,7 +149,7 @@ def test_clean_run_records_every_pair_and_exports_parquet(tmp_path):
     assert summary["pairs"] == 12 and summary["accepted"] == len(accepted) > 0
     assert sum(summary["rejected"].values()) == len(reasons)
     assert summary["success_rate"] == len(accepted) / 12
-    assert summary["valid_format_rate"] == (len(accepted) + reasons.count("wrong_answer")) / 12
+    assert summary["valid_parallel_format_rate"] == (len(accepted) + reasons.count("wrong_answer")) / 12
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
 
     pq = pytest.importorskip("pyarrow.parquet")
@@ -213,19 +213,18 @@ def test_random_faults_leave_every_pair_accounted_for(tmp_path):
     assert summary["pairs"] == 18
 
 
-def test_a_dead_server_gives_request_failed_then_retry_failed_completes(tmp_path):
+def test_a_failing_server_leaves_its_pairs_undone_and_a_plain_rerun_asks_them(tmp_path):
+    """Issue 18: failed pairs were recorded as done, so a rerun asked nothing without --retry-failed."""
     with FakeTeacher(EASY, Faults(kinds=("500",), rate=1.0)) as teacher:
         summary = run(config(teacher.url, tmp_path, max_retries=2))
         assert teacher.stats["fault:500"] == 12 * 3
-    assert summary["rejected"]["request_failed"] == 12 and summary["success_rate"] == 0.0
+    assert summary["request_failed"] == 12 and summary["answered"] == 0 and summary["success_rate"] == 0.0
     detail = read_records(tmp_path / REJECTED)[0]["detail"]
     assert "gave up after 3 attempts" in detail and "HTTP 500" in detail
     with FakeTeacher(EASY) as teacher:
-        run(config(teacher.url, tmp_path))
-        assert teacher.stats["answered"] == 0  # failures count as recorded until asked again
-        summary = run(config(teacher.url, tmp_path, retry_failed=True))
-        assert teacher.stats["answered"] == 12
-    assert summary["rejected"]["request_failed"] == 0
+        summary = run(config(teacher.url, tmp_path))
+        assert teacher.stats["answered"] == 12  # every failed pair asked again, no flag needed
+    assert summary["request_failed"] == 0 and summary["answered"] == 12
     assert set(records(tmp_path)) == all_pairs(EASY, 2)
 
 

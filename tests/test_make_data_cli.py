@@ -65,7 +65,8 @@ def test_api_key_never_reaches_files_or_logs(tmp_path):
         args = [*CLI, "--endpoint", teacher.url, "-p", "toy-easy", "--limit", "6", "--samples", "2",
                 "-o", str(tmp_path / "out"), "--report", *FAST]
         done = subprocess.run(args, env=cli_env(PARALLEL_R1_API_KEY=key), capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stderr
+        assert done.returncode == 1, done.stderr  # the echo400 pairs failed (a 400 is not retried) ...
+        assert "got no answer after their retries" in done.stderr and "Bearer ***" in done.stderr  # ... said so
         assert teacher.auth_headers == {f"Bearer {key}"}  # the key was used ...
         assert teacher.stats["fault:echo400"] > 0
     details = [r["detail"] for r in records_raw(tmp_path / "out") if r.get("reason") == "request_failed"]

@@ -4,15 +4,19 @@ Layout of ``DIR``:
 - ``accepted.jsonl``: one SFT row per kept (problem, sample): ``problem_id``, ``sample``, ``prompt``,
   ``response`` (canonical), ``answer``, ``question``.
 - ``rejected.jsonl``: ``problem_id``, ``sample``, ``reason`` (one of ``REASONS``), ``detail``, and the
-  ``response`` when there was one.
+  ``response`` when there was one. A ``request_failed`` row (no answer after the retries) carries
+  ``given_up: true`` once the user gave up on its pair (``give_up_request_failures``).
 - ``run.json``: what the run was made with (problem set, model, prompt template hash, sampling).
-- ``summary.json``: counts per reason, ``success_rate`` and ``valid_format_rate`` (see ``summarize``).
+- ``summary.json``: counts per reason, ``success_rate`` and ``valid_parallel_format_rate`` (see
+  ``summarize``).
 - ``sft.parquet``: the accepted rows in the layout verl's SFT trainer reads (see ``export_parquet``).
 
 Crash safety: every record is one line written with a single ``write`` and flushed at once, so a
 SIGKILL loses at most the requests in flight and can tear at most the last line. ``read_records``
 truncates a torn last line away (and only the last: damage anywhere else is an error); a pair is
-"done" once it is in either file, so a restarted run generates exactly the missing pairs.
+"done" once it is in either file, so a restarted run generates exactly the missing pairs. A request
+failure is not "done" (the teacher never judged the pair): the next run asks it again, unless the user
+gave up on it, which is then recorded in its row.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ REJECTED = "rejected.jsonl"
 SUMMARY = "summary.json"
 RUN = "run.json"
 PARQUET = "sft.parquet"
-REASONS = ("format_error", "no_block", "wrong_answer", "request_failed")
+ANSWERED_REASONS = ("format_error", "no_block", "wrong_answer")  # the teacher answered, the checks said no
+REASONS = (*ANSWERED_REASONS, "request_failed")
 
 Key = tuple[str, int]  # (problem_id, sample)
 
@@ -62,34 +67,41 @@ def record_key(record: dict) -> Key:
     return record["problem_id"], record["sample"]
 
 
+def is_open_failure(record: dict) -> bool:
+    """A request that failed and that nobody gave up on: its pair is still to be asked."""
+    return record.get("reason") == "request_failed" and not record.get("given_up")
+
+
 class RecordStore:
-    """Appends records to ``accepted.jsonl`` / ``rejected.jsonl``; ``done`` holds the recorded pairs."""
+    """Appends records to ``accepted.jsonl`` / ``rejected.jsonl``. ``done`` holds the pairs that need no
+    more asking; ``failed`` the pairs whose request failed (recorded, but asked again next run)."""
 
     def __init__(self, directory: Path, secret: str | None = None):
         self.dir = directory
         self.secret = secret  # replaced by *** in every line written, whatever its source
         self.dir.mkdir(parents=True, exist_ok=True)
         self.done: set[Key] = set()
+        self.failed: set[Key] = set()
         for name in (ACCEPTED, REJECTED):
             for record in read_records(self.dir / name, repair=True):
                 key = record_key(record)
-                if key in self.done:
+                if key in self.done or key in self.failed:
                     raise StoreError(f"{self.dir}: pair {key} is recorded twice; the folder was edited by hand?")
-                self.done.add(key)
+                (self.failed if is_open_failure(record) else self.done).add(key)
         # held open for the store's lifetime (closed in close()); one write + flush per record
         self._files = {name: open(self.dir / name, "a", encoding="utf-8")  # noqa: SIM115
                        for name in (ACCEPTED, REJECTED)}
 
     def append(self, accepted: bool, record: dict) -> None:
         key = record_key(record)
-        assert key not in self.done, f"pair {key} already recorded"
+        assert key not in self.done and key not in self.failed, f"pair {key} already recorded"
         f = self._files[ACCEPTED if accepted else REJECTED]
         line = json.dumps(record, ensure_ascii=False)
         if self.secret:
             line = line.replace(self.secret, "***")
         f.write(line + "\n")
         f.flush()
-        self.done.add(key)
+        (self.failed if is_open_failure(record) else self.done).add(key)
 
     def close(self) -> None:
         for f in self._files.values():
@@ -102,19 +114,35 @@ class RecordStore:
         self.close()
 
 
-def drop_request_failures(directory: Path) -> int:
-    """Remove ``request_failed`` rows so that their pairs are generated again; returns how many.
-    The file is rewritten to a temporary name and renamed over the old one (atomic on POSIX)."""
+def drop_request_failures(directory: Path, include_given_up: bool = False) -> int:
+    """Remove the open ``request_failed`` rows (with ``include_given_up``, the given-up ones too) so that
+    their pairs are generated again; returns how many."""
+    def drop(r: dict) -> bool:
+        return is_open_failure(r) or (include_given_up and r.get("reason") == "request_failed")
+
+    return _rewrite_rejected(directory, lambda r: None if drop(r) else r)
+
+
+def give_up_request_failures(directory: Path) -> int:
+    """Mark the open ``request_failed`` rows ``given_up`` so that no run asks their pairs again (until
+    ``drop_request_failures(include_given_up=True)``); returns how many."""
+    return _rewrite_rejected(directory, lambda r: r | {"given_up": True} if is_open_failure(r) else r)
+
+
+def _rewrite_rejected(directory: Path, change) -> int:
+    """Rewrite ``rejected.jsonl`` with ``change(row)`` (None drops the row); returns how many rows changed.
+    Written to a temporary name and renamed over the old file (atomic on POSIX), so a kill leaves one
+    of the two versions, either of which a rerun completes."""
     path = directory / REJECTED
     records = read_records(path, repair=True)
-    keep = [r for r in records if r.get("reason") != "request_failed"]
-    if len(keep) == len(records):
-        return 0
-    tmp = path.with_suffix(".jsonl.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in keep)
-    os.replace(tmp, path)
-    return len(records) - len(keep)
+    new = [change(r) for r in records]
+    changed = sum(n != r for n, r in zip(new, records, strict=True))
+    if changed:
+        tmp = path.with_suffix(".jsonl.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in new if r is not None)
+        os.replace(tmp, path)
+    return changed
 
 
 # ---------------------------------------------------------------- run record
@@ -139,23 +167,30 @@ def check_run_record(directory: Path, record: dict, keys: tuple[str, ...]) -> No
 def summarize(directory: Path, meta: dict) -> dict:
     """Counts over every record in the folder, written to ``summary.json``.
 
-    ``success_rate`` = accepted / recorded pairs. ``valid_format_rate`` = responses with a valid format
-    and >= 1 block (accepted + wrong_answer) / responses received (pairs - request_failed): the
-    quantity of docs/paper.md Table 1."""
+    ``answered`` pairs got a response: ``accepted`` or ``rejected`` (per reason, ``ANSWERED_REASONS``).
+    The others got none after the retries: ``request_failed`` (asked again by the next run) and
+    ``given_up``. ``success_rate`` = accepted / recorded pairs. ``valid_parallel_format_rate`` =
+    answered responses with a valid format *and* >= 1 valid block (accepted + wrong_answer) / answered:
+    the quantity of docs/paper.md Table 1."""
     accepted = read_records(directory / ACCEPTED)
     rejected = read_records(directory / REJECTED)
     reasons = Counter(r["reason"] for r in rejected)
     unknown = set(reasons) - set(REASONS)
     assert not unknown, f"{directory / REJECTED}: unknown reasons {sorted(unknown)}"
+    failed = sum(map(is_open_failure, rejected))
+    given_up = reasons["request_failed"] - failed
     pairs = len(accepted) + len(rejected)
     answered = pairs - reasons["request_failed"]
     summary = dict(meta)
     summary.update(
         pairs=pairs,
+        answered=answered,
         accepted=len(accepted),
-        rejected={reason: reasons[reason] for reason in REASONS},
+        rejected={reason: reasons[reason] for reason in ANSWERED_REASONS},
+        request_failed=failed,
+        given_up=given_up,
         success_rate=len(accepted) / pairs if pairs else 0.0,
-        valid_format_rate=(len(accepted) + reasons["wrong_answer"]) / answered if answered else 0.0,
+        valid_parallel_format_rate=(len(accepted) + reasons["wrong_answer"]) / answered if answered else 0.0,
         problems_with_accepted=len({r["problem_id"] for r in accepted}),
     )
     (directory / SUMMARY).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -224,9 +259,17 @@ def report_table(summary_paths: list[Path]) -> str:
     ]
     for path in summary_paths:
         s = json.loads(path.read_text(encoding="utf-8"))
-        failed = s["rejected"]["request_failed"]
+        failed, valid = _failed_and_valid_rate(s)
         lines.append(
             f"| {s.get('problems', path.parent.name)} | {s.get('num_problems', '?')} | {s['pairs']:,} | "
-            f"{s['pairs'] - failed:,} | {100 * s['valid_format_rate']:.1f}% | {100 * s['success_rate']:.1f}% | {failed:,} |"
+            f"{s['pairs'] - failed:,} | {100 * valid:.1f}% | {100 * s['success_rate']:.1f}% | {failed:,} |"
         )
     return "\n".join(lines)
+
+
+def _failed_and_valid_rate(s: dict) -> tuple[int, float]:
+    """(pairs without an answer, valid parallel format rate) of a summary, also of one written before
+    the failures were split from the rejections (``rejected.request_failed``, ``valid_format_rate``)."""
+    if "answered" in s:
+        return s["pairs"] - s["answered"], s["valid_parallel_format_rate"]
+    return s["rejected"]["request_failed"], s["valid_format_rate"]

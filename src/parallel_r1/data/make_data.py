@@ -2,7 +2,7 @@
 
 For every (problem, sample) pair the teacher is prompted once (``prompts.py`` template); its answer is
 kept only if the project's own checks pass, in this order (the first failure is the reason):
-1. the request succeeded after retries (else ``request_failed``);
+1. the request succeeded after retries (else ``request_failed``: no answer, so nothing was judged);
 2. the format is valid by ``parallel_r1.format`` (else ``format_error``);
 3. it holds at least one valid ``<Parallel>`` block (else ``no_block``);
 4. its final answer matches the gold one by ``parallel_r1.rewards.judge`` (else ``wrong_answer``).
@@ -11,15 +11,20 @@ block), which is the form the structured attention of Unseen training is defined
 
 Resumable: pairs already in ``accepted.jsonl`` or ``rejected.jsonl`` are skipped, so running the same
 command again after a crash (even SIGKILL) finishes the set with every pair recorded exactly once
-(``cold_start_store.py``). ``--retry-failed`` re-asks the pairs recorded as ``request_failed``.
+(``cold_start_store.py``). Pairs whose request failed are the exception: a run with any of them exits
+1 with their count, and the next run asks them again, unless ``--give-up-failed`` records that they
+are not to be asked again (``--retry-failed`` later re-asks those given up too). Before any pair is
+asked, the server's model list is fetched (``GET /models``): a server that never answers stops the
+run there with one line, instead of failing every pair in turn.
 
 The API key is read from an environment variable (``PARALLEL_R1_API_KEY``, then ``OPENAI_API_KEY``,
 or the one named by ``--api-key-env``), never from the command line, and never written anywhere.
 
 Departures from the paper: the reference generation script was never released; its filter is
 described as format validity only (Table 1: 83.7% valid on GSM8K). We also require a correct answer,
-and report both rates (``valid_format_rate`` and ``success_rate`` in ``summary.json``). A reasoning
-model's ``<think>...</think>`` preamble is cut off before checking (``--keep-think`` keeps it).
+and report both rates (``valid_parallel_format_rate``: valid format with >= 1 valid block, and
+``success_rate``, in ``summary.json``). A reasoning model's ``<think>...</think>`` preamble is cut off
+before checking (``--keep-think`` keeps it).
 """
 
 from __future__ import annotations
@@ -37,12 +42,16 @@ from typing import Annotated
 import typer
 
 from parallel_r1.data.cold_start_store import (
+    REJECTED,
     RecordStore,
     StoreError,
     check_run_record,
     drop_request_failures,
     export_parquet,
     find_summaries,
+    give_up_request_failures,
+    is_open_failure,
+    read_records,
     report_table,
     summarize,
 )
@@ -92,7 +101,8 @@ class MakeDataConfig:
     max_tokens: int | None = None
     seed: int | None = None  # when set, request seed = seed + sample (reproducible on vLLM)
     strip_think: bool = True
-    retry_failed: bool = False
+    retry_failed: bool = False  # re-ask pairs given up on earlier (failed pairs are always re-asked)
+    give_up_failed: bool = False  # record earlier failed pairs as given up instead of asking again
     parquet: bool = True
     api_key_env: str | None = None
     show_progress: bool = field(default=False, compare=False)
@@ -100,6 +110,7 @@ class MakeDataConfig:
     def __post_init__(self) -> None:
         assert self.samples >= 1, f"samples must be >= 1, got {self.samples}"
         assert self.concurrency >= 1, f"concurrency must be >= 1, got {self.concurrency}"
+        assert not (self.retry_failed and self.give_up_failed), "retry_failed and give_up_failed exclude each other"
 
     def sampling(self, sample: int) -> dict:
         """Request parameters for one sample (unset ones are left to the server)."""
@@ -111,6 +122,10 @@ class MakeDataConfig:
 
 class ApiKeyError(ValueError):
     """The environment variable named for the API key is not set."""
+
+
+class TeacherUnreachable(RuntimeError):
+    """The endpoint gave no usable answer to ``GET /models`` after the retries: stop before asking pairs."""
 
 
 def resolve_api_key(env_name: str | None = None) -> str | None:
@@ -200,12 +215,42 @@ async def _run_workers(pairs, client, cfg, model, template, store, on_done) -> N
 
 
 async def _resolve_model(client: TeacherClient, model: str | None) -> str:
+    """``model``, else the server's first. The listing is fetched even with ``model`` set: it is the
+    one request that tells a dead endpoint from failing pairs."""
+    base = redact_url(client.base)
+    try:
+        models = await client.models()
+    except RequestFailed as exc:
+        if model and exc.responded:
+            return model  # it speaks HTTP; the completion requests themselves will tell
+        raise TeacherUnreachable(_unreachable_message(base, exc, model)) from exc
+    except TeacherFatalError:
+        if model:
+            return model  # e.g. no /models route; a real refusal comes back on the first request
+        raise
     if model:
         return model
-    models = await client.models()
     if not models:
-        raise TeacherFatalError(f"{redact_url(client.base)}/models lists no model; pass --model")
+        raise TeacherFatalError(f"{base}/models lists no model; pass --model")
     return models[0]
+
+
+def _unreachable_message(base: str, exc: RequestFailed, model: str | None) -> str:
+    if not exc.responded:
+        return (f"no teacher answers at {base}: GET {base}/models {exc}; is a server listening there? "
+                f"(--max-retries and --backoff-max set how long to keep trying)")
+    hint = "" if model else "; pass --model if it serves completions without listing models"
+    return f"the teacher at {base} is not an OpenAI-compatible server: GET {base}/models {exc}{hint}"
+
+
+def _settle_failures(cfg: MakeDataConfig, log) -> None:
+    """Pairs whose request failed before: give up on them, or drop their rows so that they are asked again."""
+    if cfg.give_up_failed:
+        if n := give_up_request_failures(cfg.output):
+            log(f"make-data: gave up on {n} pairs whose request failed (not asked again; --retry-failed asks them)")
+        return
+    if n := drop_request_failures(cfg.output, include_given_up=cfg.retry_failed):
+        log(f"make-data: asking again {n} pairs whose request failed before")
 
 
 def _run_record(cfg: MakeDataConfig, model: str, template: str) -> dict:
@@ -230,7 +275,8 @@ def _progress(enabled: bool):
 
 
 async def run_async(cfg: MakeDataConfig, api_key: str | None, log=print) -> dict:
-    """Generate, filter and record every missing pair of one problem set; returns the summary."""
+    """Generate, filter and record every missing pair of one problem set; returns the summary, whose
+    ``request_failed`` counts the pairs that got no answer (the next run asks them again)."""
     problems = load_problems(cfg.problems, cfg.data_dir, cfg.limit, cfg.problem_seed)
     template = load_template(cfg.prompt)
     client_cfg = ClientConfig(cfg.endpoint, api_key, cfg.api, cfg.timeout, cfg.max_retries, cfg.backoff_base,
@@ -240,8 +286,7 @@ async def run_async(cfg: MakeDataConfig, api_key: str | None, log=print) -> dict
         record = _run_record(cfg, model, template)
         cfg.output.mkdir(parents=True, exist_ok=True)
         check_run_record(cfg.output, record, RESUME_KEYS)
-        if cfg.retry_failed:
-            log(f"make-data: re-asking {drop_request_failures(cfg.output)} failed requests")
+        _settle_failures(cfg, log)
         with RecordStore(cfg.output, secret=api_key) as store:
             pairs = pending_pairs(problems, cfg.samples, store.done)
             total = len(problems) * cfg.samples
@@ -278,10 +323,24 @@ def _echo_err(message: str) -> None:
 
 def _summary_line(s: dict) -> str:
     r = s["rejected"]
-    return (f"make-data: {s['problems']}: {s['accepted']}/{s['pairs']} accepted "
-            f"(success {100 * s['success_rate']:.1f}%, valid format {100 * s['valid_format_rate']:.1f}%); "
-            f"rejected: format_error {r['format_error']}, no_block {r['no_block']}, "
-            f"wrong_answer {r['wrong_answer']}, request_failed {r['request_failed']}")
+    given_up = f", given up {s['given_up']}" if s["given_up"] else ""
+    return (f"make-data: {s['problems']}: {s['accepted']}/{s['pairs']} accepted (success {100 * s['success_rate']:.1f}%); "
+            f"answered {s['answered']} (valid parallel format {100 * s['valid_parallel_format_rate']:.1f}%), "
+            f"rejected: format_error {r['format_error']}, no_block {r['no_block']}, wrong_answer {r['wrong_answer']}; "
+            f"request failed {s['request_failed']}{given_up}")
+
+
+def _failures_line(failed: int, pairs: int, example: str) -> str:
+    return (f"error: {failed} of {pairs} pairs got no answer after their retries ({example}; all in "
+            f"rejected.jsonl); they are not done: the same command asks them again, --give-up-failed stops asking")
+
+
+def _failure_example(directory: Path) -> str:
+    """One open failure's pair and detail, cut short: enough to tell a dead server from a bad prompt."""
+    record = next(r for r in read_records(directory / REJECTED) if is_open_failure(r))
+    detail = record.get("detail", "")
+    detail = detail if len(detail) <= 160 else detail[:160] + "..."
+    return f"e.g. {record['problem_id']} sample {record['sample']}: {detail}"
 
 
 def make_data(
@@ -308,7 +367,12 @@ def make_data(
     seed: Annotated[int | None, typer.Option(help="request seed = SEED + sample index")] = None,
     problem_seed: Annotated[int, typer.Option(help="generation seed of the toy sets")] = 0,
     keep_think: Annotated[bool, typer.Option("--keep-think", help="keep a <think>...</think> preamble")] = False,
-    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="re-ask pairs whose request failed")] = False,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="also re-ask pairs given up with "
+                                                                      "--give-up-failed (other failed pairs "
+                                                                      "are always re-asked)")] = False,
+    give_up_failed: Annotated[bool, typer.Option("--give-up-failed", help="record the pairs whose request failed "
+                                                                          "in earlier runs as given up: not "
+                                                                          "asked again, no error exit")] = False,
     parquet: Annotated[bool, typer.Option(help="also write sft.parquet (needs pyarrow)")] = True,
     api_key_env: Annotated[str | None, typer.Option(help="env var holding the API key (default: "
                                                          "PARALLEL_R1_API_KEY, then OPENAI_API_KEY)")] = None,
@@ -325,6 +389,8 @@ def make_data(
         raise typer.BadParameter("name at least one problem set or file", param_hint="--problems")
     if api not in APIS:
         raise typer.BadParameter(f"expected one of {', '.join(APIS)}, got {api!r}", param_hint="--api")
+    if retry_failed and give_up_failed:
+        raise typer.BadParameter("cannot be combined with --retry-failed", param_hint="--give-up-failed")
     if backoff_base > backoff_max:
         raise typer.BadParameter(f"{backoff_base} is above --backoff-max {backoff_max}", param_hint="--backoff-base")
     try:
@@ -336,13 +402,14 @@ def make_data(
     except ApiKeyError as exc:
         raise typer.BadParameter(str(exc), param_hint="--api-key-env") from exc
     outputs = [output] if len(problems) == 1 else [output / _slug(p) for p in problems]
+    failed, pairs, example = 0, 0, ""
     for spec, out in zip(problems, outputs, strict=True):
         cfg = MakeDataConfig(
             endpoint=endpoint, problems=spec, output=out, samples=samples, model=model, data_dir=data_dir,
             limit=limit, problem_seed=problem_seed, prompt=prompt, api=api, concurrency=concurrency,
             max_retries=max_retries, timeout=timeout, backoff_base=backoff_base, backoff_max=backoff_max,
             temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed, strip_think=not keep_think,
-            retry_failed=retry_failed, parquet=parquet, api_key_env=api_key_env, show_progress=sys.stderr.isatty(),
+            retry_failed=retry_failed, give_up_failed=give_up_failed, parquet=parquet, api_key_env=api_key_env, show_progress=sys.stderr.isatty(),
         )
         try:
             summary = asyncio.run(run_async(cfg, api_key, log=_echo_err))
@@ -352,9 +419,18 @@ def make_data(
         except TeacherFatalError as exc:
             _echo_err(f"error: the teacher refused the request: {scrub(str(exc), api_key)}")
             raise typer.Exit(1) from exc
+        except TeacherUnreachable as exc:
+            _echo_err(f"error: {scrub(str(exc), api_key)}")
+            raise typer.Exit(1) from exc
         _echo_err(_summary_line(summary))
+        if summary["request_failed"]:
+            example = example or _failure_example(out)
+        failed, pairs = failed + summary["request_failed"], pairs + summary["pairs"]
     if report:
         _print_report(outputs)
+    if failed:
+        _echo_err(scrub(_failures_line(failed, pairs, example), api_key))
+        raise typer.Exit(1)
 
 
 def _print_report(directories: list[Path]) -> None:

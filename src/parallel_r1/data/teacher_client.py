@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
@@ -36,11 +37,13 @@ SNIPPET = 200  # characters of an error body kept in a message
 
 
 class RequestFailed(RuntimeError):
-    """One request failed for good (retries spent, or a non-retryable 4xx)."""
+    """One request failed for good (retries spent, or a non-retryable 4xx). ``responded``: whether any
+    attempt got an HTTP reply at all (False: nothing answered, e.g. no server listens there)."""
 
-    def __init__(self, message: str, attempts: int):
+    def __init__(self, message: str, attempts: int, responded: bool = True):
         super().__init__(message)
         self.attempts = attempts
+        self.responded = responded
 
 
 class TeacherFatalError(RuntimeError):
@@ -145,7 +148,7 @@ class TeacherClient:
         """Send with retries; ``extract(json) -> value`` raises MalformedResponse on a bad body."""
         assert self._http is not None, "use TeacherClient inside `async with`"
         url = self.base + path
-        last, retry_after = "no attempt made", None
+        last, retry_after, responded, start = "no attempt made", None, False, time.monotonic()
         for attempt in range(1, self.cfg.max_retries + 2):
             if attempt > 1:
                 await asyncio.sleep(self.backoff(attempt - 1, retry_after))
@@ -162,7 +165,7 @@ class TeacherClient:
             except httpx.TransportError as exc:
                 last = f"connection error ({type(exc).__name__}: {exc})"
                 continue
-            code = resp.status_code
+            code, responded = resp.status_code, True
             if code in RETRY_STATUS or code >= 500:
                 last, retry_after = f"HTTP {code}: {_snippet(resp)}", _retry_after(resp)
                 continue
@@ -178,8 +181,9 @@ class TeacherClient:
             if isinstance(value, Completion):
                 value.attempts = attempt
             return value
-        raise RequestFailed(self._scrub(f"gave up after {self.cfg.max_retries + 1} attempts; last: {last}"),
-                            attempts=self.cfg.max_retries + 1)
+        attempts, elapsed = self.cfg.max_retries + 1, time.monotonic() - start
+        raise RequestFailed(self._scrub(f"gave up after {attempts} attempts in {elapsed:.1f} s; last: {last}"),
+                            attempts=attempts, responded=responded)
 
     def backoff(self, retry: int, retry_after: float | None = None) -> float:
         """Seconds to wait before retry number ``retry`` (1-based)."""
