@@ -3,6 +3,8 @@
 Contract (DESIGN.md): input lines carry ``response`` and ``answer``; each output line has at least
 ``format_valid``, ``num_parallel``, ``correct`` and ``reward``. A summary goes to stderr.
 Large inputs are judged by a pool of worker processes (judging is CPU-bound: parsing, sympy).
+``--scorer reference`` judges and rewards by the reference code's rules (``rewards/reference.py``).
+An input with no line to score (empty, or every line skipped) is an error (exit 2), not accuracy 0.
 """
 
 from __future__ import annotations
@@ -59,21 +61,22 @@ def read_rows(lines: Iterable[str], skip_bad: bool, errors: list[str]) -> Iterat
         yield Row(line_no, record)
 
 
-def judge_row(args: tuple[dict, str, int]) -> dict:
+def judge_row(args: tuple[dict, str, int, str]) -> dict:
     """One verdict as a JSON-able dict; runs in a worker process for large inputs."""
-    from parallel_r1.rewards import get_reward, judge
+    from parallel_r1.rewards import get_reward, get_scorer
 
-    record, reward_name, step = args
-    verdict = judge(record["response"], str(record["answer"]))
+    record, reward_name, step, scorer_name = args
+    scorer = get_scorer(scorer_name)
+    verdict = scorer.judge(record["response"], str(record["answer"]))
     out = {"id": record["id"]} if "id" in record else {}
     out.update(verdict.to_dict())
-    out["reward"] = float(get_reward(reward_name)(verdict, step))
+    out["reward"] = scorer.reward(get_reward(reward_name), verdict, step)
     return out
 
 
-def judge_all(rows: Iterable[Row], reward: str, step: int, workers: int) -> Iterator[dict]:
+def judge_all(rows: Iterable[Row], reward: str, step: int, workers: int, scorer: str = "default") -> Iterator[dict]:
     """Verdicts in input order; a process pool when ``workers > 1``."""
-    jobs = ((row.record, reward, step) for row in rows)
+    jobs = ((row.record, reward, step, scorer) for row in rows)
     if workers <= 1:
         yield from map(judge_row, jobs)
         return
@@ -128,6 +131,29 @@ def _open_out(path: str):
     return open(path, "w", encoding="utf-8")
 
 
+def _check_reward(reward: str, scorer: str) -> None:
+    """Bad ``--reward`` / ``--scorer`` values (or a reward the scorer has no rule for) are usage errors."""
+    from parallel_r1.rewards import get_reward, get_scorer
+
+    try:
+        built = get_reward(reward)
+    except (KeyError, ValueError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--reward") from exc
+    try:
+        get_scorer(scorer).check(built)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--scorer") from exc
+
+
+def _no_input(bad: list[str]) -> None:
+    """Nothing to score: say so and exit 2 (a summary with accuracy 0.0 would read as a result)."""
+    for message in bad:
+        typer.echo(f"skipped {message}", err=True)
+    why = f"all {len(bad)} non-blank line(s) were skipped" if bad else "the input has no non-blank line"
+    typer.echo(f"error: no input to score ({why})", err=True)
+    raise typer.Exit(2)
+
+
 def score(
     input: Annotated[str, typer.Option("--input", "-i", help="JSONL with `response` and `answer`; - for stdin")] = "-",
     output: Annotated[str, typer.Option("--output", "-o", help="where verdicts go; - for stdout")] = "-",
@@ -136,14 +162,12 @@ def score(
     step: Annotated[int, typer.Option(min=1, help="global training step (for alternating / scaffold)")] = 1,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="report malformed lines and go on")] = False,
     workers: Annotated[int, typer.Option(min=0, help="worker processes; 0 = one per CPU core for large inputs")] = 0,
+    scorer: Annotated[str, typer.Option(help="default (whole-response answer, math-verify, our grammar) or "
+                                             "reference (the reference code's answer check, format check "
+                                             "and tiered reward)")] = "default",
 ) -> None:
     """Judge responses: format validity, parallel blocks, correctness and reward, one JSON line each."""
-    from parallel_r1.rewards import get_reward
-
-    try:
-        get_reward(reward)
-    except (KeyError, ValueError) as exc:
-        raise typer.BadParameter(str(exc), param_hint="--reward") from exc
+    _check_reward(reward, scorer)
     bad: list[str] = []
     with _open_in(input) as fin:
         try:
@@ -151,16 +175,18 @@ def score(
         except BadLine as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
+    if not rows:
+        _no_input(bad)
     if workers == 0:
         workers = (os.cpu_count() or 1) if len(rows) >= PARALLEL_THRESHOLD else 1
     summary = Summary()
     with _open_out(output) as fout, _progress(len(rows)) as progress:
         task = progress.add_task("score", total=len(rows))
-        for verdict in judge_all(rows, reward, step, workers):
+        for verdict in judge_all(rows, reward, step, workers, scorer):
             fout.write(json.dumps(verdict, ensure_ascii=False) + "\n")
             summary.add(verdict)
             progress.advance(task)
     for message in bad:
         typer.echo(f"skipped {message}", err=True)
-    stats = summary.as_dict() | {"skipped": len(bad), "reward": reward, "step": step}
+    stats = summary.as_dict() | {"skipped": len(bad), "reward": reward, "step": step, "scorer": scorer}
     typer.echo(json.dumps(stats), err=True)

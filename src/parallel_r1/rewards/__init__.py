@@ -6,6 +6,8 @@
 - ``verify.py`` -- ``check_answer`` / ``answers_match``: fast path, then math-verify, bounded.
 - ``judge.py`` -- ``judge(response, gold) -> Verdict``: parse once, extract, check.
 - ``functions.py`` -- base rewards, step schedules, the registry (``get_reward``) and ``score``.
+- ``reference.py`` -- the reference code's answer check, format check and tiered reward.
+- ``scorers.py`` -- ``get_scorer``: ``default`` (judge.py) or ``reference`` (reference.py) rules.
 """
 
 from parallel_r1.rewards.functions import (
@@ -24,6 +26,8 @@ from parallel_r1.rewards.functions import (
     tiered_reward,
 )
 from parallel_r1.rewards.judge import Verdict, judge, judge_many
+from parallel_r1.rewards.reference import ReferenceVerdict, reference_judge
+from parallel_r1.rewards.scorers import DEFAULT_SCORER, SCORERS, Scorer, get_scorer
 from parallel_r1.rewards.verify import (
     DEFAULT_TIMEOUT_S,
     AnswerCheck,
@@ -43,6 +47,12 @@ __all__ = [
     "Verdict",
     "judge",
     "judge_many",
+    "ReferenceVerdict",
+    "reference_judge",
+    "Scorer",
+    "SCORERS",
+    "DEFAULT_SCORER",
+    "get_scorer",
     "Reward",
     "Fixed",
     "Alternating",

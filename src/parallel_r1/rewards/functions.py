@@ -94,6 +94,10 @@ class Reward:
     def component(self, step: int) -> str:
         raise NotImplementedError
 
+    def components(self) -> tuple[str, ...]:
+        """Every base reward ``component`` can name (a scorer checks it offers them all)."""
+        raise NotImplementedError
+
     @property
     def params(self) -> dict:
         return asdict(self)
@@ -124,6 +128,9 @@ class Fixed(Reward):
         check_step(step)
         return self.base
 
+    def components(self) -> tuple[str, ...]:
+        return (self.base,)
+
 
 @dataclass(frozen=True)
 class Alternating(Reward):
@@ -142,6 +149,9 @@ class Alternating(Reward):
     def component(self, step: int) -> str:
         step = check_step(step)
         return "accuracy" if (step - 1) % self.window < self.accuracy_steps else "tiered"
+
+    def components(self) -> tuple[str, ...]:
+        return ("accuracy", "tiered")
 
 
 @dataclass(frozen=True)
@@ -162,6 +172,9 @@ class Scaffold(Reward):
         if step <= self.switch_step:
             return Alternating(self.window, self.accuracy_steps).component(step)
         return "accuracy"
+
+    def components(self) -> tuple[str, ...]:
+        return ("accuracy", "tiered")
 
 
 REWARDS: dict[str, Callable[..., Reward]] = {

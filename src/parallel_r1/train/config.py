@@ -85,6 +85,7 @@ class OptimizerConfig:
 class RewardConfig:
     name: str
     params: dict = field(default_factory=dict)
+    scorer: str = "default"  # "reference": the reference code's answer/format check and tiered rule
 
 
 @dataclass
@@ -434,14 +435,18 @@ def _validate_grpo(s: GRPOStage, path: str, mode: str) -> None:
 
 
 def _validate_reward(r: RewardConfig, path: str) -> None:
-    from parallel_r1.rewards import REWARDS, get_reward
+    from parallel_r1.rewards import REWARDS, get_reward, get_scorer
 
     if r.name not in REWARDS:
         raise RecipeError(f"{path}.name: unknown reward {r.name!r}; valid: {', '.join(REWARDS)}")
     try:
-        get_reward(r.name, **r.params)
+        reward = get_reward(r.name, **r.params)
     except (TypeError, ValueError) as e:
         raise RecipeError(f"{path}.params: {e}") from None
+    try:
+        get_scorer(r.scorer).check(reward)
+    except ValueError as e:
+        raise RecipeError(f"{path}.scorer: {e}") from None
 
 
 def sampling_config(generation: dict, mode: str, path: str = "generation"):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from parallel_r1.rewards import get_reward, judge_many
+from parallel_r1.rewards import get_reward, get_scorer
 from parallel_r1.train.config import GRPOStage, SFTStage, sampling_config
 from parallel_r1.train.data import DataOrder, DataReport, Example, encode_prompt, encode_response, shard
 from parallel_r1.train.dist import Dist
@@ -118,6 +118,18 @@ def sft_train_step(ctx: StepContext, stage: SFTStage, data: StageData, order: Da
     }
 
 
+def reward_rollouts(rollouts: Sequence, answers: Sequence[str], stage: GRPOStage, stage_step: int) -> list:
+    """Judge each rollout with the stage's scorer and set its ``answer``, ``reward`` and ``reward_info``."""
+    reward, scorer = get_reward(stage.reward.name, **stage.reward.params), get_scorer(stage.reward.scorer)
+    verdicts = scorer.judge_many([r.text for r in rollouts], list(answers))
+    for r, answer, v in zip(rollouts, answers, verdicts, strict=True):
+        r.answer = answer
+        r.reward = scorer.reward(reward, v, stage_step)
+        r.reward_info = {"correct": v.correct, "format_valid": v.format_valid, "num_parallel": v.num_parallel,
+                         "component": reward.component(stage_step)}  # fmt: skip
+    return verdicts
+
+
 def grpo_train_step(ctx: StepContext, stage: GRPOStage, data: StageData, order: DataOrder,
                     stage_step: int, global_step: int) -> dict:  # fmt: skip
     start = time.perf_counter()
@@ -128,12 +140,7 @@ def grpo_train_step(ctx: StepContext, stage: GRPOStage, data: StageData, order: 
     rollouts = ctx.engine.generate([it.prompt_ids for it in mine], stage.num_samples, config)
     generated = time.perf_counter()
     reward = get_reward(stage.reward.name, **stage.reward.params)
-    verdicts = judge_many([r.text for r in rollouts], [mine[r.prompt_index].answer for r in rollouts])
-    for r, v in zip(rollouts, verdicts, strict=True):
-        r.answer = mine[r.prompt_index].answer
-        r.reward = float(reward(v, stage_step))
-        r.reward_info = {"correct": v.correct, "format_valid": v.format_valid, "num_parallel": v.num_parallel,
-                         "component": reward.component(stage_step)}  # fmt: skip
+    verdicts = reward_rollouts(rollouts, [mine[r.prompt_index].answer for r in rollouts], stage, stage_step)
     metrics = rollout_metrics(rollouts, verdicts, ctx.dist)
     cfg = grpo_config(stage, ctx.dist.world_size)
     stats = grpo_update(ctx.model, ctx.optimizer, rollouts, cfg, ctx.build,
