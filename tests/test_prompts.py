@@ -11,6 +11,7 @@ from parallel_r1.data.problem import Problem
 from parallel_r1.data.prompts import (
     PARALLEL,
     SEQUENTIAL,
+    TEMPLATES,
     TemplateError,
     load_template,
     render,
@@ -66,8 +67,23 @@ def test_missing_placeholder_is_an_error(tmp_path):
 
 
 def test_unknown_template_name_is_an_error():
-    with pytest.raises(TemplateError, match="unknown prompt template 'paralel'.*parallel or sequential"):
+    with pytest.raises(TemplateError, match="unknown prompt template 'paralel'.*parallel, sequential or reference"):
         load_template("paralel")
+
+
+def test_reference_is_a_named_template_shipped_with_the_package():
+    """``--prompt reference`` needs no ../shared: the file is package data (assets/prompts)."""
+    reference = load_template("reference")
+    assert reference.startswith("Solve the following problem step by step.")
+    assert reference.endswith("Problem: {problem}") and all(tag in reference for tag in TAGS)
+    assert template_name("reference") == "reference"
+    assert "reference" not in TEMPLATES, "the toy tokenizer trains on TEMPLATES; the demo must not change"
+
+
+@pytest.mark.skipif(not SHARED_PROMPTS.is_dir(), reason="../shared/data/prompts is not present")
+def test_packaged_reference_prompt_is_the_shared_file_byte_for_byte():
+    shared = (SHARED_PROMPTS / "reference_parallel_prompt.txt").read_text(encoding="utf-8")
+    assert load_template("reference") == shared
 
 
 @pytest.mark.skipif(not SHARED_PROMPTS.is_dir(), reason="../shared/data/prompts is not present")

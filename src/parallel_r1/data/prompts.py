@@ -2,20 +2,23 @@
 
 A template is plain text with one or more ``{problem}`` placeholders. ``render`` substitutes the
 problem text literally (``str.replace``, not ``str.format``), so templates may hold other braces such
-as ``\\boxed{}`` without escaping. Names: ``parallel`` (the default), ``sequential``, or a path.
+as ``\\boxed{}`` without escaping. Names: ``parallel`` (the default), ``sequential``, ``reference``,
+or a path.
 
 Departures from the paper (docs/paper.md section 2):
 1. ``PARALLEL`` states the same rules as the reference teacher/SFT/RL prompt (insert a block where
    independent perspectives help; at least two independent ``<Path>``s with no cross-references;
    ``</Parallel>`` then a concise ``<Summary>``; repeat as needed; end with ``Final Answer:``) in the
    project's own words. Released checkpoints were trained on the reference wording: to evaluate them,
-   pass ``../shared/data/prompts/reference_parallel_prompt.txt`` as the template.
+   use ``reference``, the reference prompt itself (MIT), shipped as package data
+   (``assets/prompts/``, where its README says where it came from) so an installed wheel has it.
 2. ``SEQUENTIAL`` is the baseline: the problem, then an instruction to reason step by step and give
    the answer after ``Final Answer:``.
 """
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 from parallel_r1.data.problem import Problem
@@ -46,6 +49,9 @@ Reason through this step by step, then write the final answer on a last line aft
 
 TEMPLATES = {"parallel": PARALLEL, "sequential": SEQUENTIAL}
 DEFAULT_TEMPLATE = "parallel"
+# Named templates read from package data. Kept out of TEMPLATES: the toy tokenizer trains on
+# TEMPLATES' texts, and adding one would change its vocabulary and every demo figure.
+PACKAGED = {"reference": "reference_parallel_prompt.txt"}
 
 
 class TemplateError(ValueError):
@@ -53,14 +59,16 @@ class TemplateError(ValueError):
 
 
 def load_template(spec: str | Path = DEFAULT_TEMPLATE) -> str:
-    """A template by name (``parallel`` | ``sequential``) or from a UTF-8 text file."""
+    """A template by name (``parallel`` | ``sequential`` | ``reference``) or from a UTF-8 text file."""
     spec_text = str(spec)
     if spec_text in TEMPLATES:
         return TEMPLATES[spec_text]
+    if spec_text in PACKAGED:
+        return packaged_template(spec_text)
     path = Path(spec_text).expanduser()
     if not path.is_file():
         raise TemplateError(
-            f"unknown prompt template {spec_text!r}: expected {' or '.join(TEMPLATES)}, "
+            f"unknown prompt template {spec_text!r}: expected {', '.join(TEMPLATES)} or {', '.join(PACKAGED)}, "
             "or a path to a text file holding a {problem} placeholder"
         )
     template = path.read_text(encoding="utf-8")
@@ -68,10 +76,21 @@ def load_template(spec: str | Path = DEFAULT_TEMPLATE) -> str:
     return template
 
 
+def packaged_template(name: str) -> str:
+    """A template shipped in ``parallel_r1/assets/prompts`` (``PACKAGED``)."""
+    source = resources.files("parallel_r1").joinpath("assets", "prompts", PACKAGED[name])
+    try:
+        template = source.read_text(encoding="utf-8")
+    except OSError as exc:  # a broken install: name the missing file
+        raise TemplateError(f"prompt template {name!r}: cannot read the packaged file {source}: {exc}") from exc
+    check_template(template, name=name)
+    return template
+
+
 def template_name(spec: str | Path) -> str:
     """A short label for logs and run records: the name, or the file's name."""
     spec_text = str(spec)
-    return spec_text if spec_text in TEMPLATES else Path(spec_text).name
+    return spec_text if spec_text in TEMPLATES or spec_text in PACKAGED else Path(spec_text).name
 
 
 def check_template(template: str, name: str = "template") -> None:
