@@ -6,6 +6,7 @@ import typer
 
 from parallel_r1.bench.engine_command import bench_engine
 from parallel_r1.bench.rl import bench_rl
+from parallel_r1.cli.recipes import recipes
 from parallel_r1.cli.score import score
 from parallel_r1.cli.train import train
 from parallel_r1.data.make_data import make_data
@@ -28,6 +29,7 @@ bench_app.command("rl")(bench_rl)
 
 app.command("score")(score)
 app.command("train")(train)
+app.command("recipes")(recipes)
 app.command("make-data")(make_data)
 app.command("eval")(eval_command)
 app.command("report")(report)

@@ -10,7 +10,7 @@ import typer
 
 
 def train(
-    recipe_path: Annotated[Path, typer.Argument(metavar="RECIPE", help="YAML recipe (see configs/)")],
+    recipe_path: Annotated[Path, typer.Argument(metavar="RECIPE", help="YAML recipe file, or a bundled recipe's name (parallel-r1 recipes)")],
     output: Annotated[Path, typer.Option("--output", "-o", help="run directory: metrics.jsonl, checkpoints/")],
     resume: Annotated[bool, typer.Option("--resume", help="continue from the latest checkpoint in --output")] = False,
     overrides: Annotated[
@@ -18,6 +18,9 @@ def train(
     ] = None,
 ) -> None:
     """Run a training recipe: its stages in order, checkpoints under OUTPUT/checkpoints/, metrics.jsonl.
+
+    RECIPE is a YAML file or the name of a recipe that ships with the package (`parallel-r1 recipes`
+    lists them; an existing file of the same name wins).
 
     Exits 2 on a bad recipe (the message names the entry) and 130 when interrupted (Ctrl-C saves a
     checkpoint first). Under `accelerate launch`, use `python -m parallel_r1.train` with the same arguments.

@@ -1,4 +1,5 @@
-"""The demo's recipes: ``configs/demo/demo.yaml`` as written, plus the variants the demo derives from it.
+"""The demo's recipes: the bundled ``demo`` recipe (``configs/demo/demo.yaml`` in the repository) as
+written, plus the variants the demo derives from it.
 
 1. ``curriculum_raw``: the recipe file with the demo's seed and, for ``--quick``, ``quick_overrides``
    (fewer steps, rows and rollouts; the same stages, data factories and settings otherwise).
@@ -17,10 +18,12 @@ from pathlib import Path
 
 import yaml
 
+from parallel_r1 import recipes as bundled
 from parallel_r1.train.config import Recipe, RecipeError, apply_override, recipe_from_dict
 
-# configs/ sits at the repository root (the package is installed editable from the checkout).
-DEFAULT_RECIPE = Path(__file__).resolve().parents[3] / "configs" / "demo" / "demo.yaml"
+# Inside the package, so that an installed wheel finds it without the repository's configs/.
+DEFAULT_RECIPE = bundled.path("demo")
+assert DEFAULT_RECIPE is not None, f"the bundled demo recipe is missing; found {bundled.names()}"
 FIRST, COLD_START, FINAL = "stage0", "sft", "rl"  # stage names the demo relies on
 
 # --quick: a shrunken run for tests and a first look (about a minute); not a result.
@@ -34,8 +37,8 @@ def stage_names(raw: dict) -> list[str]:
 
 
 def read_raw(path: str | Path = DEFAULT_RECIPE) -> dict:
-    """The recipe file as a dict; its stages must be stage0, sft, any others, then rl."""
-    path = Path(path)
+    """The recipe file (or bundled recipe name) as a dict; its stages must be stage0, sft, any others, then rl."""
+    path = bundled.resolve(path)
     if not path.is_file():
         raise RecipeError(f"demo recipe not found: {path} (pass --recipe PATH to use another one)")
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))

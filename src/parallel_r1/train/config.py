@@ -27,6 +27,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from parallel_r1 import recipes as bundled
+
 
 class RecipeError(ValueError):
     """A recipe that cannot run; the message starts with the path of the bad entry."""
@@ -168,10 +170,11 @@ class Recipe:
 
 
 def load_recipe(path: str | Path, overrides: typing.Sequence[str] = ()) -> Recipe:
-    """Read a YAML recipe, apply ``key.path=value`` overrides (YAML values), validate it."""
-    path = Path(path)
+    """Read a YAML recipe (a file, or a bundled recipe's name: ``parallel-r1 recipes``), apply
+    ``key.path=value`` overrides (YAML values), validate it."""
+    path = bundled.resolve(path)
     if not path.is_file():
-        raise RecipeError(f"recipe file not found: {path}")
+        raise RecipeError(f"recipe file not found: {path} (nor a bundled recipe: {', '.join(bundled.names())})")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
