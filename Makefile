@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install install-bench demo test test-fast lint clean
+.PHONY: install install-bench demo test test-fast test-wheel lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# the built wheel in a fresh venv, run from an empty directory: recipes, demo --quick, train by name,
+# eval, serve (about 4 minutes; CI runs it after `make test`)
+test-wheel:
+	PYTHON=$(PYTHON) TORCH_VERSION=$(TORCH_VERSION) bash scripts/test_wheel.sh
 
 lint: install
 	$(BIN)/ruff check .
