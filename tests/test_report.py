@@ -92,7 +92,7 @@ def test_truncated_last_line_is_dropped_with_a_warning(tmp_path):
         (None, "no metrics file at"),
         ("", "is empty"),
         ("\n  \n", "is empty"),
-        ('{"step": 1}\nnot json\n{"step": 2}\n', "line 2 is not valid JSON"),
+        ('{"step": 1}\nnot json\n{"step": 2}\n', "line 2: not valid JSON"),
         ('{"step": 1}\n[1, 2]\n', "line 2: expected a JSON object"),
         ('{"stage": "rl", "step": "3"}\n', "line 1: field 'step' must be an integer"),
         ('{"stage": "rl"}\n', "line 1: field 'step' must be an integer, got None"),
@@ -113,7 +113,7 @@ def test_cli_reports_and_fails_cleanly(tmp_path):
     app.command()(report)
     runner = CliRunner()
     missing = runner.invoke(app, [str(tmp_path)])
-    assert missing.exit_code == 1
+    assert missing.exit_code == 2
     assert "error: no metrics file at" in missing.output
     write_rows(tmp_path / "metrics.jsonl", curriculum_rows())
     ok = runner.invoke(app, [str(tmp_path), "--smooth", "3"])

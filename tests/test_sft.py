@@ -169,7 +169,7 @@ def test_jsonl_rows_may_hold_unicode_line_separators(tmp_path):
                     encoding="utf-8")  # fmt: skip
     rows = load_rows(DataConfig(path=str(file)), "data")
     assert [r["question"] for r in rows] == ["x\u2028y", "z"]
-    with pytest.raises(RecipeError, match=r"data\.path: .*rows\.jsonl:2: not JSON"):
+    with pytest.raises(RecipeError, match=r"data\.path: .*rows\.jsonl, line 2: not valid JSON"):
         file.write_text('{"id": 1}\n{"id": \n', encoding="utf-8")
         load_rows(DataConfig(path=str(file)), "data")
 

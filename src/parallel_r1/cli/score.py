@@ -10,7 +10,6 @@ An input with no line to score (empty, or every line skipped) is an error (exit 
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import sys
@@ -36,13 +35,17 @@ class Row:
     record: dict
 
 
-def read_rows(lines: Iterable[str], skip_bad: bool, errors: list[str]) -> Iterator[Row]:
-    """Parse JSONL, check the two required fields. Bad lines raise ``BadLine`` unless ``skip_bad``."""
+def read_rows(lines: Iterable[str | bytes], skip_bad: bool, errors: list[str]) -> Iterator[Row]:
+    """Parse JSONL, check the two required fields. Bad lines raise ``BadLine`` unless ``skip_bad``.
+
+    Byte lines are decoded here, one at a time, so a line that is not UTF-8 is one bad line (named,
+    skippable) rather than a crash or a silently altered response."""
     for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            text = line.decode("utf-8").removeprefix("\ufeff") if isinstance(line, bytes) else line
+            record = json.loads(text)
             if not isinstance(record, dict):
                 raise ValueError(f"expected a JSON object, got {type(record).__name__}")
             for key in ("response", "answer"):
@@ -52,13 +55,19 @@ def read_rows(lines: Iterable[str], skip_bad: bool, errors: list[str]) -> Iterat
                 raise ValueError("field 'response' must be a string")
             if not isinstance(record["answer"], str | int | float) or isinstance(record["answer"], bool):
                 raise ValueError("field 'answer' must be a string or a number")
-        except ValueError as exc:  # json.JSONDecodeError is a ValueError
-            message = f"line {line_no}: {exc}"
+        except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+            message = f"line {line_no}: {_reason(exc)}"
             if not skip_bad:
                 raise BadLine(message) from exc
             errors.append(message)
             continue
         yield Row(line_no, record)
+
+
+def _reason(exc: ValueError) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at byte {exc.start} of the line"
+    return str(exc)
 
 
 def judge_row(args: tuple[dict, str, int, str]) -> dict:
@@ -118,11 +127,17 @@ def _progress(total: int | None):
 
 
 def _open_in(path: str):
-    if path == "-":  # undecodable bytes become U+FFFD, so junk is a bad JSON line, not a crash
-        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")
-    if not Path(path).is_file():
-        raise typer.BadParameter(f"no such file: {path}", param_hint="--input")
-    return open(path, encoding="utf-8", errors="replace")
+    """The input as byte lines (``read_rows`` decodes them); a missing or unreadable file is a usage error."""
+    if path == "-":
+        return contextlib.nullcontext(sys.stdin.buffer)
+    if Path(path).is_dir():
+        raise typer.BadParameter(f"{path} is a directory, not a file", param_hint="--input")
+    try:
+        return open(path, "rb")  # noqa: SIM115 - closed by the caller's with
+    except FileNotFoundError:
+        raise typer.BadParameter(f"no such file: {path}", param_hint="--input") from None
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc.strerror or exc}", param_hint="--input") from None
 
 
 def _open_out(path: str):
@@ -173,7 +188,7 @@ def score(
         try:
             rows = list(read_rows(fin, skip_bad, bad))
         except BadLine as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {'stdin' if input == '-' else input}, {exc}", err=True)
             raise typer.Exit(2) from exc
     if not rows:
         _no_input(bad)

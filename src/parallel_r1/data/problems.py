@@ -28,7 +28,6 @@ in file order, so a limited run is a prefix of the full one and resumes stay con
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -36,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from parallel_r1.data.problem import Problem
+from parallel_r1.files import read_json, read_json_lines
 
 DATA_DIR_ENV = "PARALLEL_R1_DATA_DIR"
 TOY_SETS = ("toy-easy", "toy-hard")
@@ -95,7 +95,7 @@ def load_problems(spec: str, data_dir: Path | str | None = None, limit: int | No
         rows = _named_rows(spec, Path(data_dir) if data_dir is not None else default_data_dir())
         return _take(rows, limit)
     path = Path(spec).expanduser()
-    if path.is_file():
+    if path.exists():  # a folder or an unreadable file fails in read_problem_file, naming it
         return _take(read_problem_file(path), limit)
     if path.suffix in FILE_SUFFIXES or os.sep in spec or "/" in spec:
         raise ProblemSourceError(f"problem file not found: {spec}")
@@ -165,6 +165,8 @@ def _dapo_unique(problems: list[Problem]) -> list[Problem]:
 
 def read_problem_file(path: Path) -> list[Problem]:
     """All problems of a JSONL / JSON / parquet file, in file order."""
+    if path.is_dir():
+        raise ProblemSourceError(f"{path} is a directory, not a problem file")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         rows = _jsonl_rows(path)
@@ -174,25 +176,18 @@ def read_problem_file(path: Path) -> list[Problem]:
         rows = _parquet_rows(path)
     else:
         raise ProblemSourceError(f"{path}: unsupported file type {suffix!r}; use one of {FILE_SUFFIXES}")
-    return rows_to_problems(rows, f"{path.stem}-", str(path))
+    problems = rows_to_problems(rows, f"{path.stem}-", str(path))
+    if not problems:  # an empty benchmark would score 0 of 0; an empty make-data run asks nothing
+        raise ProblemSourceError(f"{path}: the file holds no problems")
+    return problems
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield line_no, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ProblemSourceError(f"{path}, line {line_no}: not valid JSON ({exc})") from exc
+def _jsonl_rows(path: Path) -> list[tuple[int, object]]:
+    return read_json_lines(path, "problem file", ProblemSourceError)
 
 
-def _json_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ProblemSourceError(f"{path}: not valid JSON ({exc})") from exc
+def _json_rows(path: Path) -> Iterator[tuple[int, object]]:
+    data = read_json(path, "problem file", ProblemSourceError)
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
@@ -205,7 +200,11 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, dict]]:
         import pyarrow.parquet as pq
     except ImportError as exc:
         raise ProblemSourceError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from exc
-    yield from enumerate(pq.read_table(path).to_pylist(), start=1)
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise ProblemSourceError(f"{path}: not a readable parquet file ({exc})") from None
+    yield from enumerate(table.to_pylist(), start=1)
 
 
 def rows_to_problems(rows: Iterable[tuple[int, dict]], id_prefix: str, source: str) -> list[Problem]:

@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 from parallel_r1.data.problem import Problem
+from parallel_r1.files import read_text
 
 PLACEHOLDER = "{problem}"
 
@@ -66,12 +67,12 @@ def load_template(spec: str | Path = DEFAULT_TEMPLATE) -> str:
     if spec_text in PACKAGED:
         return packaged_template(spec_text)
     path = Path(spec_text).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise TemplateError(
             f"unknown prompt template {spec_text!r}: expected {', '.join(TEMPLATES)} or {', '.join(PACKAGED)}, "
             "or a path to a text file holding a {problem} placeholder"
         )
-    template = path.read_text(encoding="utf-8")
+    template = read_text(path, "prompt template", TemplateError)  # a folder, not UTF-8: named errors
     check_template(template, name=str(path))
     return template
 

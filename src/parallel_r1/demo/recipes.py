@@ -16,10 +16,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import yaml
-
 from parallel_r1 import recipes as bundled
-from parallel_r1.train.config import Recipe, RecipeError, apply_override, recipe_from_dict
+from parallel_r1.train.config import Recipe, RecipeError, apply_override, read_yaml, recipe_from_dict
 
 # Inside the package, so that an installed wheel finds it without the repository's configs/.
 DEFAULT_RECIPE = bundled.path("demo")
@@ -39,9 +37,9 @@ def stage_names(raw: dict) -> list[str]:
 def read_raw(path: str | Path = DEFAULT_RECIPE) -> dict:
     """The recipe file (or bundled recipe name) as a dict; its stages must be stage0, sft, any others, then rl."""
     path = bundled.resolve(path)
-    if not path.is_file():
+    if not path.exists():
         raise RecipeError(f"demo recipe not found: {path} (pass --recipe PATH to use another one)")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    raw = read_yaml(path, "demo recipe")
     names = stage_names(raw)
     if len(names) < 3 or names[:2] != [FIRST, COLD_START] or names[-1] != FINAL:
         raise RecipeError(f"{path}: the demo needs stages named {FIRST}, {COLD_START}, (others), {FINAL}; found {names}")

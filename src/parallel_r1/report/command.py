@@ -38,5 +38,5 @@ def report(
         out = write_report(run_dir, metrics, smooth)
     except MetricsError as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
+        raise typer.Exit(2) from exc
     typer.echo(str(out))

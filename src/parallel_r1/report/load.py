@@ -7,7 +7,8 @@
    the spellings other tools use (``mean_relative_position`` ...). In a row, the first alias that
    holds a finite number wins (the trainer writes null where a metric does not apply, e.g. rollout
    metrics on SFT steps). Any other field is read under its own name.
-3. Fail loud on a missing or empty file and on a malformed line, naming the line. One exception: a
+3. Fail loud on a missing, empty or undecodable file and on a malformed line, naming the file and the
+   line (``parallel_r1.files``). One exception: a
    truncated *last* line is what a run killed mid-write leaves behind, so it is dropped with a
    warning instead (``warnings`` on the result).
 4. When a resumed run repeated a (stage, step), the later row wins.
@@ -19,6 +20,8 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from parallel_r1.files import parse_json, read_text
 
 METRIC_ALIASES: dict[str, tuple[str, ...]] = {
     "reward_mean": ("reward_mean", "reward"),
@@ -69,37 +72,43 @@ def _is_finite(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _parse_line(line: str, line_no: int) -> dict:
-    row = json.loads(line)
+def _parse_line(line: str, line_no: int, path: Path) -> dict:
+    row = parse_json(line, path, line_no, MetricsError)
     if not isinstance(row, dict):
-        raise MetricsError(f"line {line_no}: expected a JSON object, got {type(row).__name__}")
+        raise MetricsError(f"{path}, line {line_no}: expected a JSON object, got {type(row).__name__}")
     step = row.get("step")
     if not isinstance(step, int) or isinstance(step, bool):
-        raise MetricsError(f"line {line_no}: field 'step' must be an integer, got {step!r}")
+        raise MetricsError(f"{path}, line {line_no}: field 'step' must be an integer, got {step!r}")
     row["stage"] = str(row.get("stage") or "run")
     return row
+
+
+def _cut_by_a_kill(line: str) -> bool:
+    """A last line that a kill cut mid-write: not JSON, and without the closing brace of a row."""
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return not line.rstrip().endswith("}")
+    return False
 
 
 def load_metrics(path: str | Path) -> RunMetrics:
     """Read ``path`` (module docstring for the rules)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise MetricsError(f"no metrics file at {path} (a training run writes metrics.jsonl in its output dir)")
-    lines = [(i, ln) for i, ln in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if ln.strip()]
+    text = read_text(path, "metrics file", MetricsError)  # a folder, unreadable, not UTF-8: named errors
+    # split on "\n" only, as files.json_lines does (a U+2028 inside a JSON string is not a line end)
+    lines = [(i, ln) for i, ln in enumerate(text.split("\n"), 1) if ln.strip()]
     if not lines:
         raise MetricsError(f"metrics file {path} is empty: the run has not logged a step yet")
     rows: dict[tuple[str, int], dict] = {}
     warnings = []
     for n, (line_no, line) in enumerate(lines):
-        try:
-            row = _parse_line(line, line_no)
-        except json.JSONDecodeError as exc:
-            if n == len(lines) - 1 and not line.rstrip().endswith("}"):
-                warnings.append(f"{path}: dropped a truncated last line {line_no}")
-                continue
-            raise MetricsError(f"{path}: line {line_no} is not valid JSON: {exc}") from exc
-        except MetricsError as exc:
-            raise MetricsError(f"{path}: {exc}") from exc
+        if n == len(lines) - 1 and _cut_by_a_kill(line):
+            warnings.append(f"{path}: dropped a truncated last line {line_no}")
+            continue
+        row = _parse_line(line, line_no, path)
         rows.pop((row["stage"], row["step"]), None)  # re-insert so a repeated step takes the later place
         rows[(row["stage"], row["step"])] = row
     if not rows:

@@ -28,6 +28,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from parallel_r1 import recipes as bundled
+from parallel_r1.files import read_text
 
 
 class RecipeError(ValueError):
@@ -173,15 +174,28 @@ def load_recipe(path: str | Path, overrides: typing.Sequence[str] = ()) -> Recip
     """Read a YAML recipe (a file, or a bundled recipe's name: ``parallel-r1 recipes``), apply
     ``key.path=value`` overrides (YAML values), validate it."""
     path = bundled.resolve(path)
-    if not path.is_file():
+    if not path.exists():
         raise RecipeError(f"recipe file not found: {path} (nor a bundled recipe: {', '.join(bundled.names())})")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+    raw = read_yaml(path)
     for item in overrides:
         apply_override(raw, item)
     return recipe_from_dict(raw)
+
+
+def read_yaml(path: Path, what: str = "recipe") -> dict:
+    """A recipe file as a mapping; a file that is unreadable, not UTF-8, not YAML or not a mapping is
+    a ``RecipeError`` naming the file and, where there is one, the line."""
+    text = read_text(path, what, RecipeError)
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(path)
+        raise RecipeError(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    if not isinstance(raw, dict):
+        found = "nothing (the file is empty)" if raw is None else f"a {type(raw).__name__}"
+        raise RecipeError(f"{path}: a {what} is a YAML mapping of settings, found {found}")
+    return raw
 
 
 def recipe_from_dict(raw: Any) -> Recipe:

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from parallel_r1.files import read_json, read_json_lines, read_text
 from parallel_r1.train.config import DataConfig, PromptConfig, RecipeError, resolve_ref
 
 
@@ -71,26 +71,22 @@ def load_rows(cfg: DataConfig, path: str) -> list[dict]:
 
 
 def _read_file(file: Path, path: str) -> list[dict]:
-    if not file.is_file():
-        raise RecipeError(f"{path}: file not found: {file}")
-    text = file.read_text(encoding="utf-8")
-    if file.suffix == ".json":
-        data = json.loads(text)
-        data = data["data"] if isinstance(data, dict) and "data" in data else data
-        if not isinstance(data, list):
-            raise RecipeError(f"{path}: {file} holds no list of rows")
-        return [_as_dict(row, f"{path} ({file})") for row in data]
-    rows = []
-    # split on "\n" only: str.splitlines() also splits on U+2028 and friends, which JSON strings
-    # may hold unescaped (the pilot traces do)
-    for n, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(_as_dict(json.loads(line), f"{path} ({file}:{n})"))
-        except json.JSONDecodeError as e:
-            raise RecipeError(f"{path}: {file}:{n}: not JSON: {e}") from None
-    return rows
+    """Rows of a ``.json`` (a list, or ``{"data": [...]}``) or JSON Lines file; errors name the
+    recipe entry, then the file and the line (``parallel_r1.files``)."""
+    try:
+        if file.suffix == ".json":
+            data = read_json(file, "data file", RecipeError)
+            data = data["data"] if isinstance(data, dict) and "data" in data else data
+            if not isinstance(data, list):
+                raise RecipeError(f"{file} holds no list of rows")
+            numbered = list(enumerate(data, start=1))
+        else:
+            numbered = read_json_lines(file, "data file", RecipeError)
+    except RecipeError as e:
+        raise RecipeError(f"{path}: {e}") from None
+    if not numbered:
+        raise RecipeError(f"{path}: {file} holds no rows")
+    return [_as_dict(row, f"{path} ({file}:{n})") for n, row in numbered]
 
 
 def _call_factory(ref: str, kwargs: dict, path: str) -> Any:
@@ -127,9 +123,10 @@ def _as_dict(item: Any, where: str) -> dict:
 def template_text(cfg: PromptConfig, path: str) -> str:
     if cfg.template_file is not None:
         file = Path(cfg.template_file)
-        if not file.is_file():
-            raise RecipeError(f"{path}.template_file: file not found: {file}")
-        text = file.read_text(encoding="utf-8")
+        try:
+            text = read_text(file, "prompt template", RecipeError)
+        except RecipeError as e:
+            raise RecipeError(f"{path}.template_file: {e}") from None
         if "{problem}" not in text:
             raise RecipeError(f"{path}.template_file: {file} has no {{problem}} placeholder")
         return text
