@@ -8,6 +8,7 @@
 - ``functions.py`` -- base rewards, step schedules, the registry (``get_reward``) and ``score``.
 - ``reference.py`` -- the reference code's answer check, format check and tiered reward.
 - ``scorers.py`` -- ``get_scorer``: ``default`` (judge.py) or ``reference`` (reference.py) rules.
+- ``verl.py`` -- ``compute_score`` for verl's ``custom_reward_function`` (loaded by file path).
 """
 
 from parallel_r1.rewards.functions import (
