@@ -7,14 +7,24 @@ after ``max_blocks`` while the main chain goes on, unseen summaries at the struc
 
 from __future__ import annotations
 
+import json
+
+import httpx
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from parallel_r1.cli import app
+from parallel_r1.data.prompts import load_template
 from parallel_r1.engine import Engine, SamplingConfig
 from parallel_r1.engine.testing import Force, Script, random_qwen3
+from parallel_r1.eval.loading import load_model
+from parallel_r1.eval.run import EvalConfig, digest_text
 from parallel_r1.format import parse
 from parallel_r1.format.tags import PARALLEL_CLOSE, PARALLEL_OPEN, PATH_CLOSE, SUMMARY_CLOSE, SUMMARY_OPEN
+from parallel_r1.serve import OpenAIServer, ServeOptions
 from test_engine import check_rollout, in_main, quiet
+from test_eval_fixtures import ScriptedPolicy, save_tiny_model
 
 TOL = 1e-4
 
@@ -128,3 +138,55 @@ def test_reference_has_no_effect_in_sequential_mode(engine, tok, tags):
     runs = [engine.generate([tok.encode("q")], 2, cfg(mode="sequential", compat=c), [script])
             for c in ("reference", "ours")]
     assert [r.response_ids for r in runs[0]] == [r.response_ids for r in runs[1]]
+
+
+# ---- the --compat flag of eval and serve ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-model")
+    save_tiny_model(path)
+    return path
+
+
+def test_eval_config_passes_compat_and_keeps_old_results_resumable():
+    ours, ref = EvalConfig(model="m", benchmarks=["toy-easy"]), EvalConfig(model="m", benchmarks=["b"], compat="reference")
+    assert ours.sampling(0).compat == "ours" and ref.sampling(0).compat == "reference"
+    assert "compat" not in ours.fingerprint("t"), "results stored before --compat existed stay resumable"
+    assert ref.fingerprint("t")["compat"] == "reference"
+    with pytest.raises(ValueError, match="compat must be one of"):
+        EvalConfig(model="m", benchmarks=["b"], compat="verl")
+
+
+def test_eval_cli_compat_reference_with_the_reference_prompt(model_dir, tmp_path):
+    out = tmp_path / "ref.json"
+    args = ["eval", str(model_dir), "--benchmarks", "toy-easy", "--limit", "1", "--samples", "1",
+            "--max-tokens", "8", "--output", str(out), "--no-progress"]
+    res = CliRunner().invoke(app, [*args, "--compat", "reference", "--prompt", "reference"])
+    assert res.exit_code == 0, res.output
+    config = json.loads(out.read_text())["config"]
+    assert config["compat"] == "reference" and config["prompt"] == "reference"
+    assert config["prompt_digest"] == digest_text(load_template("reference"))
+    bad = CliRunner().invoke(app, [*args, "--compat", "verl"])
+    assert bad.exit_code == 2 and "verl" in bad.output
+
+
+@pytest.mark.parametrize("compat", ["reference", "ours"])
+def test_serve_compat_reference_answers_as_the_reference_engine(model_dir, compat):
+    """One block allowed: the reference engine's response ends with the block's summary."""
+    loaded = load_model(str(model_dir))
+    engine = Engine(loaded.model, loaded.tokenizer, loaded.tag_ids)
+    options = ServeOptions("tiny", compat=compat, max_blocks=1)
+    policy = ScriptedPolicy(loaded.tokenizer, lambda i, s: "42")
+    body = {"model": "tiny", "prompt": "one", "max_tokens": 40}
+    with OpenAIServer(engine, loaded.tokenizer, options, port=0, logits_processors=[policy],
+                      log_requests=False) as server:
+        response = httpx.post(f"{server.url}/v1/completions", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    (choice,) = response.json()["choices"]
+    block = "a<Parallel><Path>aa</Path><Path>aaa</Path></Parallel>"
+    if compat == "reference":
+        assert choice["text"] == block + "\n<Summary>a</Summary>" and choice["finish_reason"] == "stop"
+    else:
+        assert choice["text"] == block + "<Summary>a</Summary>\nFinal Answer: 42"

@@ -22,6 +22,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from parallel_r1.eval.loading import Compat
 from parallel_r1.eval.run import EvalConfig, evaluate, prepare
 
 
@@ -72,8 +73,10 @@ def eval_command(
     output: Annotated[Path, typer.Option(help="Result JSON file (resumed when it or FILE.partial exists).")],
     samples: Annotated[int, typer.Option(min=1, help="Samples per problem (k of mean@k / pass@k).")] = 16,
     data_dir: Annotated[str | None, typer.Option(help="Folder laid out like ../shared/data.")] = None,
-    prompt: Annotated[str, typer.Option(help="Prompt template: parallel, sequential, or a file with {problem}.")] = "parallel",
+    prompt: Annotated[str, typer.Option(help="Prompt template: parallel, sequential, reference, or a file with {problem}.")] = "parallel",
     mode: Annotated[str, typer.Option(help="Engine mode: unseen, seen or sequential.")] = "unseen",
+    compat: Annotated[Compat, typer.Option(metavar="COMPAT", help="ours, or reference: sample as the reference "
+                                                                  "engine does, for its checkpoints (README).")] = "ours",
     num_paths: Annotated[int, typer.Option(min=1, help="Paths forked at each <Parallel>.")] = 2,
     temperature: Annotated[float, typer.Option(min=0.0)] = 1.0,
     top_p: Annotated[float, typer.Option()] = 1.0,
@@ -102,7 +105,7 @@ def eval_command(
     try:
         cfg = EvalConfig(
             model=model, benchmarks=[b for b in benchmarks.split(",") if b.strip()], samples=samples,
-            prompt=prompt, mode=mode, num_paths=num_paths, temperature=temperature, top_p=top_p, top_k=top_k,
+            prompt=prompt, mode=mode, compat=compat, num_paths=num_paths, temperature=temperature, top_p=top_p, top_k=top_k,
             max_tokens=max_tokens, max_path_tokens=max_path_tokens, max_blocks=max_blocks, seed=seed,
             limit=limit, batch_size=batch_size, chat=chat, data_dir=data_dir,
         )

@@ -14,8 +14,10 @@ and turn a prompt text into prompt ids the way training does.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 DTYPES = ("float32", "bfloat16", "float16")  # torch is imported lazily: the CLI starts without it
+Compat = Literal["ours", "reference"]  # = engine.sampling.Compat, kept here so --help needs no torch
 
 
 class ModelLoadError(ValueError):

@@ -40,6 +40,7 @@ class EvalConfig:
     samples: int = 16
     prompt: str = "parallel"
     mode: str = "unseen"
+    compat: str = "ours"  # "reference": sample as the reference engine does (engine.rows, point 8)
     num_paths: int = 2
     temperature: float = 1.0
     top_p: float = 1.0
@@ -71,7 +72,7 @@ class EvalConfig:
             temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, max_new_tokens=self.max_tokens,
             max_path_tokens=self.max_path_tokens if self.max_path_tokens is not None else self.max_tokens,
             max_summary_tokens=self.max_summary_tokens, num_paths=self.num_paths, max_blocks=self.max_blocks,
-            seed=seed, mode=self.mode,
+            seed=seed, mode=self.mode, compat=self.compat,
         )
 
     def fingerprint(self, template: str) -> dict:
@@ -79,6 +80,8 @@ class EvalConfig:
         benchmark list, default sample count and data folder are left out: each stored benchmark
         carries its own sample count and data digest (``resume``)."""
         fp = {k: v for k, v in asdict(self).items() if k not in RUN_ONLY_KEYS}
+        if fp["compat"] == "ours":  # results stored before the setting existed were sampled so: still resumable
+            del fp["compat"]
         fp["prompt_digest"] = digest_text(template)
         return fp
 

@@ -5,7 +5,7 @@
    newlines). A prompt plus ``max_tokens`` must fit the model's context: else 400
    ``context_length_exceeded``, before anything is queued.
 2. The sampling config per request: the request's temperature, top-p, top-k, max tokens, stop and
-   seed; the server's mode, paths per block (a request may set ``num_paths``) and block limit. A path
+   seed; the server's mode, compat, paths per block (a request may set ``num_paths``) and block limit. A path
    may use the whole ``max_tokens`` budget unless the server caps it.
 3. Streaming text is decoded incrementally (``IncrementalText``): only text that can no longer change
    is sent (an incomplete UTF-8 sequence is held back), and the last ``len(stop) - 1`` characters are
@@ -44,6 +44,7 @@ class ServeOptions:
     model_name: str
     limits: Limits = field(default_factory=Limits)
     mode: str = "unseen"
+    compat: str = "ours"  # "reference": sample as the reference engine does (engine.rows, point 8)
     num_paths: int = 2
     max_blocks: int = 4
     max_path_tokens: int | None = None  # None: a path may use the whole max_tokens budget
@@ -96,7 +97,8 @@ class ServeApp:
         self.context = getattr(config, "max_position_embeddings", None)
         self.batcher = Batcher(engine, options.batch_window_s, options.max_batch_rows, options.seed,
                                logits_processors)
-        SamplingConfig(mode=options.mode, num_paths=options.num_paths, max_blocks=options.max_blocks)  # validate
+        SamplingConfig(mode=options.mode, num_paths=options.num_paths, max_blocks=options.max_blocks,
+                       compat=options.compat)  # validate
 
     def models(self) -> dict:
         return {"object": "list", "data": [self.model_card()]}
@@ -119,7 +121,7 @@ class ServeApp:
             temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, max_new_tokens=req.max_tokens,
             max_path_tokens=o.max_path_tokens if o.max_path_tokens is not None else req.max_tokens,
             max_summary_tokens=None, num_paths=req.num_paths or o.num_paths, max_blocks=o.max_blocks,
-            stop=req.stop, seed=(req.seed or 0) % (1 << 63), mode=o.mode,  # torch seeds are unsigned
+            stop=req.stop, seed=(req.seed or 0) % (1 << 63), mode=o.mode, compat=o.compat,  # seeds: unsigned
         )
 
     def prepare(self, body: object, chat: bool) -> tuple[GenRequest, Job]:

@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from parallel_r1.eval.loading import Compat
+
 
 def _is_loopback(host: str) -> bool:
     try:
@@ -39,6 +41,8 @@ def serve(
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free port).")] = 8000,
     served_model_name: Annotated[str | None, typer.Option(help="Model id in the API (default: MODEL's last path part).")] = None,
     mode: Annotated[str, typer.Option(help="Engine mode: unseen, seen or sequential.")] = "unseen",
+    compat: Annotated[Compat, typer.Option(metavar="COMPAT", help="ours, or reference: sample as the reference "
+                                                                  "engine does, for its checkpoints (README).")] = "ours",
     num_paths: Annotated[int, typer.Option(min=1, help="Paths forked at each <Parallel> (a request may set num_paths).")] = 2,
     max_blocks: Annotated[int, typer.Option(min=0)] = 4,
     max_path_tokens: Annotated[int | None, typer.Option(min=1, help="Cap on one path's tokens (default: max_tokens).")] = None,
@@ -73,7 +77,7 @@ def serve(
         engine = Engine(loaded.model, loaded.tokenizer, loaded.tag_ids, max_batch_size=max_batch_size)
         limits = Limits(max_n=max_n, max_tokens=max_tokens_limit, default_max_tokens=default_max_tokens)
         options = ServeOptions(
-            model_name=served_model_name or Path(model.rstrip("/")).name, limits=limits, mode=mode,
+            model_name=served_model_name or Path(model.rstrip("/")).name, limits=limits, mode=mode, compat=compat,
             num_paths=num_paths, max_blocks=max_blocks, max_path_tokens=max_path_tokens,
             batch_window_s=batch_window_ms / 1000, max_batch_rows=4 * max_batch_size,
         )
@@ -84,7 +88,8 @@ def serve(
     _stop_on_signals()
     n = torch.get_num_threads()
     where = f"{n} CPU thread{'s' * (n != 1)}" if engine.device.type == "cpu" else str(engine.device)
-    typer.echo(f"serving {options.model_name} ({mode}, {num_paths} paths, {where}, forward: {engine.forward_path}) "
+    typer.echo(f"serving {options.model_name} ({mode}, compat {compat}, {num_paths} paths, {where}, "
+               f"forward: {engine.forward_path}) "
                f"at {server.url}/v1", err=True)
     try:
         server.serve_forever()
