@@ -24,7 +24,7 @@ class Rollout:
     blocks: list[BlockSpan] = field(default_factory=list)
     prompt_index: int = 0
     sample_index: int = 0
-    finish_reason: str = ""  # "eos" | "length" | "stop"
+    finish_reason: str = ""  # "eos" | "length" | "stop" | "max_blocks" (engine.rows, point 8)
     # tokens on the longest route through the response: main chain + longest path per block + summary
     critical_path_tokens: int = 0
     mode: str = "unseen"  # "unseen" | "seen" | "sequential"
