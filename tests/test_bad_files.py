@@ -245,6 +245,36 @@ def test_eval_prompt_file(tmp_path, tok_dir, kind):
     check_clean_error(out, file, kind, code=1)
 
 
+CONTENT_KINDS = ["not-utf8", "bad-json", "empty"]  # where a folder or no file is a state, not an error
+
+
+@pytest.mark.parametrize("kind", CONTENT_KINDS)
+def test_make_data_report_summary(tmp_path, kind):
+    file = make_bad(tmp_path / "out" / "summary.json", kind, 0)
+    out = invoke(["make-data", "--report", "--output", tmp_path / "out"])
+    check_clean_error(out, file, kind)
+
+
+@pytest.mark.parametrize("kind", CONTENT_KINDS)
+def test_make_data_resumed_run_record(tmp_path, kind):
+    from fake_teacher import FakeTeacher
+    from parallel_r1.data.toy import toy_problems
+
+    file = make_bad(tmp_path / "out" / "run.json", kind, 0)
+    with FakeTeacher(toy_problems("easy", 1, 0)) as teacher:  # make-data asks the endpoint first
+        out = invoke(["make-data", "--endpoint", teacher.url, "--problems", "toy-easy", "--limit", "1",
+                      "--output", tmp_path / "out", "--samples", "1"])
+    check_clean_error(out, file, kind)
+
+
+@pytest.mark.parametrize("kind", CONTENT_KINDS)
+def test_eval_resumed_result_file(tmp_path, tok_dir, kind):
+    file = make_bad(tmp_path / "r.json", kind, 0)
+    out = invoke(["eval", tok_dir, "--benchmarks", "toy-easy", "--output", file, "--no-progress"])
+    check_clean_error(out, file, kind, code=1)
+    assert "--fresh" in out.text  # the way out
+
+
 # --- the real console script ----------------------------------------------------------------------------
 
 

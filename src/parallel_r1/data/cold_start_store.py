@@ -26,6 +26,8 @@ import os
 from collections import Counter
 from pathlib import Path
 
+from parallel_r1.files import read_json
+
 ACCEPTED = "accepted.jsonl"
 REJECTED = "rejected.jsonl"
 SUMMARY = "summary.json"
@@ -153,7 +155,9 @@ def check_run_record(directory: Path, record: dict, keys: tuple[str, ...]) -> No
     two prompts or two teachers in one SFT set would make its success rate meaningless)."""
     path = directory / RUN
     if path.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
+        old = read_json(path, "make-data run record", StoreError)
+        if not isinstance(old, dict):
+            raise StoreError(f"{path}: not a make-data run record (expected a JSON object); use a new --output")
         changed = [k for k in keys if old.get(k) != record.get(k)]
         if changed:
             diffs = "; ".join(f"{k}: was {old.get(k)!r}, now {record.get(k)!r}" for k in changed)
@@ -258,12 +262,15 @@ def report_table(summary_paths: list[Path]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for path in summary_paths:
-        s = json.loads(path.read_text(encoding="utf-8"))
-        failed, valid = _failed_and_valid_rate(s)
-        lines.append(
-            f"| {s.get('problems', path.parent.name)} | {s.get('num_problems', '?')} | {s['pairs']:,} | "
-            f"{s['pairs'] - failed:,} | {100 * valid:.1f}% | {100 * s['success_rate']:.1f}% | {failed:,} |"
-        )
+        s = read_json(path, "make-data summary", StoreError)
+        try:
+            failed, valid = _failed_and_valid_rate(s)
+            lines.append(
+                f"| {s.get('problems', path.parent.name)} | {s.get('num_problems', '?')} | {s['pairs']:,} | "
+                f"{s['pairs'] - failed:,} | {100 * valid:.1f}% | {100 * s['success_rate']:.1f}% | {failed:,} |"
+            )
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:  # a damaged or foreign summary.json
+            raise StoreError(f"{path}: not a make-data summary ({type(exc).__name__}: {exc})") from None
     return "\n".join(lines)
 
 

@@ -438,7 +438,12 @@ def _print_report(directories: list[Path]) -> None:
     if not paths:
         _echo_err(f"error: no summary.json in {', '.join(map(str, directories))} or their sub-folders")
         raise typer.Exit(2)
-    typer.echo(report_table(paths))
+    try:
+        table = report_table(paths)
+    except StoreError as exc:
+        _echo_err(f"error: {exc}")
+        raise typer.Exit(2) from exc
+    typer.echo(table)
 
 
 __all__ = ["MakeDataConfig", "classify", "make_data", "run", "run_async", "strip_thinking"]

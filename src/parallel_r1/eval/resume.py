@@ -17,6 +17,8 @@ import json
 import os
 from pathlib import Path
 
+from parallel_r1.files import read_json
+
 # settings recorded in a result's config but not compared on resume (each stored benchmark carries
 # its own sample count and data digest)
 RUN_ONLY_KEYS = ("benchmarks", "samples", "data_dir")
@@ -58,11 +60,11 @@ class ResumeState:
             self._load(source)
 
     def _load(self, source: Path) -> None:
-        try:
-            stored = json.loads(source.read_text(encoding="utf-8"))
+        try:  # not UTF-8 or damaged JSON: the message names the line and byte (parallel_r1.files)
+            stored = read_json(source, "eval result", ResumeError)
             old = stored["config"]
             benchmarks = stored["benchmarks"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (ResumeError, KeyError, TypeError) as exc:
             raise ResumeError(f"{source} is not an eval result this command can resume from ({exc}); "
                               "pass --fresh to overwrite it or choose another --output") from exc
         old = {k: v for k, v in old.items() if k not in RUN_ONLY_KEYS}
