@@ -28,6 +28,9 @@ class Rollout:
     # tokens on the longest route through the response: main chain + longest path per block + summary
     critical_path_tokens: int = 0
     mode: str = "unseen"  # "unseen" | "seen" | "sequential"
+    # ids of the unclosed paths that a length cut inside a block left out of response_ids (they were
+    # sampled and count against the budget; engine.rows point 6); never trained on
+    dropped_paths: list[list[int]] = field(default_factory=list)
     # filled in by the reward step
     answer: str | None = None
     reward: float | None = None

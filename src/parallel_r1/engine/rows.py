@@ -21,7 +21,8 @@ Rules (where the engine issue left a choice, the choice is stated here):
    (paths in order, ``</Parallel>``, ``<Summary>``) is re-encoded causally at sequential positions.
 6. ``max_new_tokens`` is a hard cap on the response length (all paths counted). A response cut inside a
    block keeps its closed paths and then its first unclosed path, which runs to the end (span
-   ``close=None``); the other unclosed paths are dropped. That way ``structure.find_blocks`` reads the
+   ``close=None``); the other unclosed paths are dropped (``Rollout.dropped_paths`` keeps their ids,
+   so a caller can report them). That way ``structure.find_blocks`` reads the
    response back exactly as it was generated, and the training forward conditions every kept token
    on what it was sampled from.
 7. Stop strings are checked in the main chain only (stopping inside a block would leave it unclosed);
@@ -308,8 +309,9 @@ class RowState:
         assert self.done, "rollout of an unfinished row"
         ids, loss, logprobs = list(self.out.ids), list(self.out.loss), list(self.out.logprobs)
         blocks = [BlockSpan(b.parallel, list(b.paths), b.close, b.summary) for b in self.blocks]
+        unclosed = [p for p in self.paths if not p.closed]
         if self.paths:  # cut inside a block (point 6)
-            kept = [p for p in self.paths if p.closed] + [p for p in self.paths if not p.closed][:1]
+            kept = [p for p in self.paths if p.closed] + unclosed[:1]
             for path in kept:
                 blocks[-1].paths.append((len(ids), len(ids) + len(path.ids)))
                 ids += path.ids
@@ -329,4 +331,5 @@ class RowState:
             text=tokenizer.decode(text_ids, skip_special_tokens=False), blocks=blocks,
             prompt_index=self.prompt_index, sample_index=self.sample_index,
             finish_reason=self.finish_reason, critical_path_tokens=critical, mode=self.config.mode,
+            dropped_paths=[list(p.ids) for p in unclosed[1:]],
         )
