@@ -48,4 +48,7 @@ def test_quick_demo_writes_a_complete_loadable_run(tmp_path):
 
     loaded = load_model(str(out / "model"), device="cpu", dtype="float32")
     assert set(loaded.tag_ids) == {"<Parallel>", "</Parallel>", "<Path>", "</Path>", "<Summary>", "</Summary>"}
+    # the exported model records how the RL stage prompted it, so `eval DIR/model` prompts it the same way
+    record = json.loads((out / "model" / "parallel_r1.json").read_text())
+    assert record["prompt_template"] == "{problem}\nUse parallel paths." and record["stage"] == "rl"
     assert (out / "eval" / "rl.json").is_file() and (out / "data" / "traces.jsonl").is_file()

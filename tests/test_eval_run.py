@@ -203,7 +203,6 @@ def test_missing_local_model_path_is_a_clear_error(tmp_path):
     [
         (["--benchmarks", "nonesuch"], "unknown problem set 'nonesuch'"),
         (["--benchmarks", "toy-easy", "--prompt", "missing.txt"], "unknown prompt template"),
-        (["--benchmarks", "toy-easy", "--mode", "diagonal"], "mode must be one of"),
         (["--benchmarks", "toy-easy", "--top-p", "0"], "top_p must be in (0, 1]"),
     ],
 )

@@ -9,14 +9,21 @@ and turn a prompt text into prompt ids the way training does.
 3. ``encode_prompt``: with the tokenizer's chat template (when it has one, or when ``chat=True``) the
    prompt becomes one user message plus the generation prompt; otherwise the plain text is encoded
    with the tokenizer's own special tokens (a BOS where the tokenizer adds one).
+4. ``choose_settings``: the prompt template, chat setting and mode come from the flags when given,
+   else from the record a training run saves in the model directory (``parallel_r1.json``), else
+   from the defaults; ``PromptSettings.sources`` says which, and eval writes it into its result.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 DTYPES = ("float32", "bfloat16", "float16")  # torch is imported lazily: the CLI starts without it
+# Literal types make typer offer (and check) the choices before any model is loaded
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+Mode = Literal["unseen", "seen", "sequential"]
+MODES = get_args(Mode)  # = engine.sampling.MODES, kept here so --help needs no torch
 Compat = Literal["ours", "reference"]  # = engine.sampling.Compat, kept here so --help needs no torch
 
 
@@ -110,3 +117,52 @@ def encode_prompt(tokenizer, text: str, chat: bool) -> list[int]:
     from parallel_r1.train.data import encode_prompt as train_encode_prompt
 
     return train_encode_prompt(tokenizer, text, chat)
+
+
+@dataclass
+class PromptSettings:
+    """The prompt template, chat setting and mode of a run, and where each came from."""
+
+    prompt: str | None  # label for records: a template name, a file path, or "recorded"
+    template: str | None  # None: prompts go to the model as they are (serve without a template)
+    chat: bool | None  # None: the tokenizer decides (its chat template when it has one)
+    mode: str
+    sources: dict[str, str]  # prompt / chat / mode -> "flag", "model record", "default", "tokenizer"
+
+    def describe(self) -> str:
+        chat = {True: "on", False: "off", None: "when the tokenizer has a template"}[self.chat]
+        return (f"prompt: {self.prompt or 'none'} ({self.sources['prompt']}), chat: {chat} "
+                f"({self.sources['chat']}), mode: {self.mode} ({self.sources['mode']})")
+
+
+def choose_settings(model: str, prompt: str | None, chat: bool | None, mode: str | None,
+                    default_prompt: str | None = "parallel") -> PromptSettings:
+    """Flags (not None) win, then the model directory's record, then the defaults (point 4)."""
+    from parallel_r1.data.prompts import TEMPLATES, load_template
+    from parallel_r1.train.model_io import MODEL_RECORD, read_model_record
+
+    record = read_model_record(model) if _is_dir(model) else None
+    recorded = record or {}
+    where = f"model record {MODEL_RECORD}"
+    sources = {"prompt": "flag", "chat": "flag", "mode": "flag"}
+    if prompt is not None:
+        template = load_template(prompt)
+    elif recorded.get("prompt_template") is not None:
+        template, sources["prompt"] = recorded["prompt_template"], where
+        prompt = next((name for name, text in TEMPLATES.items() if text == template), "recorded")
+    else:
+        prompt, sources["prompt"] = default_prompt, "default"
+        template = load_template(prompt) if prompt is not None else None
+    if chat is None:
+        chat, sources["chat"] = recorded.get("chat_template"), where if record else "tokenizer"
+    if mode is None:
+        mode, sources["mode"] = recorded.get("mode", MODES[0]), where if record else "default"
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return PromptSettings(prompt, template, chat, mode, sources)
+
+
+def _is_dir(name: str) -> bool:
+    from pathlib import Path
+
+    return Path(name).expanduser().is_dir()

@@ -21,7 +21,7 @@ from parallel_r1.files import read_json
 
 # settings recorded in a result's config but not compared on resume (each stored benchmark carries
 # its own sample count and data digest)
-RUN_ONLY_KEYS = ("benchmarks", "samples", "data_dir")
+RUN_ONLY_KEYS = ("benchmarks", "samples", "data_dir", "settings_from")
 
 
 class ResumeError(ValueError):

@@ -87,7 +87,7 @@ class EvalConfig:
 
     def record(self, template: str) -> dict:
         """The ``config`` written into the result: the fingerprint plus the run-only settings."""
-        return {**self.fingerprint(template), **{k: getattr(self, k) for k in RUN_ONLY_KEYS}}
+        return {**self.fingerprint(template), **{k: v for k, v in asdict(self).items() if k in RUN_ONLY_KEYS}}
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 1. Prompts: a completion prompt is encoded as plain text (with the tokenizer's own special tokens);
    chat messages go through the tokenizer's chat template (without one, contents are joined by
-   newlines). A prompt plus ``max_tokens`` must fit the model's context: else 400
-   ``context_length_exceeded``, before anything is queued.
+   newlines). With a prompt template (``ServeOptions.prompt_template``: by default the one the model
+   was trained with, from its directory's ``parallel_r1.json``) the last user message is rendered
+   into it first, as training rendered each problem. A prompt plus ``max_tokens`` must fit the
+   model's context: else 400 ``context_length_exceeded``, before anything is queued.
 2. The sampling config per request: the request's temperature, top-p, top-k, max tokens, stop and
    seed; the server's mode, compat, paths per block (a request may set ``num_paths``) and block limit. A path
    may use the whole ``max_tokens`` budget unless the server caps it.
@@ -20,6 +22,7 @@ import queue
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from parallel_r1.data.prompts import render
 from parallel_r1.engine.sampling import SamplingConfig
 from parallel_r1.format import parse
 from parallel_r1.serve.batcher import Batcher, Job
@@ -51,6 +54,7 @@ class ServeOptions:
     batch_window_s: float = 0.01
     max_batch_rows: int = 256
     chat_template: bool | None = None  # None: use the tokenizer's template when it has one
+    prompt_template: str | None = None  # {problem} template for the last user message of a chat request
     seed: int | None = None  # seeds the batcher's generator of per-call seeds
 
 
@@ -110,10 +114,20 @@ class ServeApp:
     def _encode(self, prompt, chat: bool) -> list[int]:
         if not chat:
             return list(self.tokenizer(prompt)["input_ids"])
+        prompt = self._templated(prompt)
         if self.chat_template:
             text = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
             return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         return list(self.tokenizer("\n".join(m["content"] for m in prompt) + "\n")["input_ids"])
+
+    def _templated(self, messages: list[dict]) -> list[dict]:
+        """The messages with the last user message rendered into the prompt template (point 1)."""
+        users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+        if self.options.prompt_template is None or not users:
+            return messages
+        out = list(messages)
+        out[users[-1]] = {**out[users[-1]], "content": render(self.options.prompt_template, out[users[-1]]["content"])}
+        return out
 
     def _sampling(self, req: GenRequest) -> SamplingConfig:
         o = self.options

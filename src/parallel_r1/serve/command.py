@@ -1,4 +1,9 @@
-"""``parallel-r1 serve MODEL``: the OpenAI-compatible HTTP API over the branching engine."""
+"""``parallel-r1 serve MODEL``: the OpenAI-compatible HTTP API over the branching engine.
+
+The mode, the chat setting and the prompt template of chat requests default to what the model
+directory records about its training (``parallel_r1.json``, ``eval.loading.choose_settings``); a flag
+wins. The start line says which were used and where they came from.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from parallel_r1.eval.loading import Compat
+from parallel_r1.eval.loading import Compat, DType, Mode
 
 
 def _is_loopback(host: str) -> bool:
@@ -40,7 +45,14 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind; anything but loopback exposes an unauthenticated API.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free port).")] = 8000,
     served_model_name: Annotated[str | None, typer.Option(help="Model id in the API (default: MODEL's last path part).")] = None,
-    mode: Annotated[str, typer.Option(help="Engine mode: unseen, seen or sequential.")] = "unseen",
+    mode: Annotated[Mode | None, typer.Option(metavar="MODE", help="unseen, seen or sequential (default: the "
+                                                                   "model's record, else unseen).")] = None,
+    prompt: Annotated[str | None, typer.Option(help="Template ({problem}) for the last user message of chat "
+                                                    "requests: parallel, sequential or a file (default: the "
+                                                    "model's record, else none).")] = None,
+    chat: Annotated[bool | None, typer.Option("--chat/--no-chat", help="Chat template for chat requests (default: "
+                                                                   "the model's record, else when the tokenizer "
+                                                                   "has one).")] = None,
     compat: Annotated[Compat, typer.Option(metavar="COMPAT", help="ours, or reference: sample as the reference "
                                                                   "engine does, for its checkpoints (README).")] = "ours",
     num_paths: Annotated[int, typer.Option(min=1, help="Paths forked at each <Parallel> (a request may set num_paths).")] = 2,
@@ -52,7 +64,8 @@ def serve(
     batch_window_ms: Annotated[float, typer.Option(min=0.0, help="How long to gather requests into one engine call.")] = 10.0,
     max_batch_size: Annotated[int, typer.Option(min=1, help="Rows the engine decodes at once.")] = 64,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda when available).")] = None,
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    dtype: Annotated[DType, typer.Option(metavar="DTYPE", help="auto, float32, bfloat16 or float16; auto: "
+                                                               "bfloat16 on a GPU, else float32.")] = "auto",
     quiet: Annotated[bool, typer.Option(help="Do not log each request to stderr.")] = False,
     threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: torch's); 1 suits tiny "
                                                       "models on a busy machine.")] = None,
@@ -61,7 +74,7 @@ def serve(
     import torch
 
     from parallel_r1.engine.engine import Engine
-    from parallel_r1.eval.loading import load_model
+    from parallel_r1.eval.loading import choose_settings, load_model
     from parallel_r1.serve.app import ServeOptions
     from parallel_r1.serve.http import OpenAIServer
     from parallel_r1.serve.protocol import Limits
@@ -73,6 +86,8 @@ def serve(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
+        settings = choose_settings(model, prompt, chat, mode, default_prompt=None)
+        mode = settings.mode
         loaded = load_model(model, device, dtype)
         engine = Engine(loaded.model, loaded.tokenizer, loaded.tag_ids, max_batch_size=max_batch_size)
         limits = Limits(max_n=max_n, max_tokens=max_tokens_limit, default_max_tokens=default_max_tokens)
@@ -80,6 +95,7 @@ def serve(
             model_name=served_model_name or Path(model.rstrip("/")).name, limits=limits, mode=mode, compat=compat,
             num_paths=num_paths, max_blocks=max_blocks, max_path_tokens=max_path_tokens,
             batch_window_s=batch_window_ms / 1000, max_batch_rows=4 * max_batch_size,
+            chat_template=settings.chat, prompt_template=settings.template,
         )
         server = OpenAIServer(engine, loaded.tokenizer, options, host, port, log_requests=not quiet)
     except (ValueError, OSError) as exc:  # bad model, setting or address
@@ -91,6 +107,7 @@ def serve(
     typer.echo(f"serving {options.model_name} ({mode}, compat {compat}, {num_paths} paths, {where}, "
                f"forward: {engine.forward_path}) "
                f"at {server.url}/v1", err=True)
+    typer.echo(settings.describe(), err=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -2,7 +2,8 @@
 
 Layout of ``checkpoints/step-000012/``:
 - ``model/``: the policy as a plain Hugging Face directory (safetensors, config, tokenizer with the
-  tags), loadable by anything that loads HF models;
+  tags), loadable by anything that loads HF models, plus ``parallel_r1.json``: the prompt, chat
+  setting and mode the weights were trained with (``model_io.model_record``);
 - ``optimizer.pt``, ``scheduler.pt``: the current stage's optimiser and schedule;
 - ``rng-<rank>.pt``: Python, NumPy and torch (CPU and CUDA) generator states of each process;
 - ``trainer_state.json``: global / stage step, data order, how many metrics lines belong to the run
@@ -32,6 +33,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from parallel_r1.train.dist import Dist
+from parallel_r1.train.model_io import write_model_record
 
 LATEST = "latest"
 SHARDED_BACKENDS = ("FSDP", "DEEPSPEED")
@@ -88,8 +90,11 @@ def save_checkpoint(
     dist: Dist,
     keep_last: int,
     ref_model: torch.nn.Module | None = None,
+    record: dict | None = None,
 ) -> Path:
-    """Write ``root/step-<global_step>`` (all processes call this) and point ``latest`` at it."""
+    """Write ``root/step-<global_step>`` (all processes call this) and point ``latest`` at it.
+
+    ``record``: how the weights were trained (``model_io.model_record``), written into ``model/``."""
     name = f"step-{state.global_step:06d}"
     tmp, final = root / f"{name}.tmp", root / name
     if dist.is_main:
@@ -97,6 +102,8 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     dist.barrier()
     _save_weights(model, tokenizer, tmp / "model", dist)
+    if record is not None and dist.is_main:
+        write_model_record(tmp / "model", record)
     if ref_model is not None:
         _save_weights(ref_model, None, tmp / "ref", dist)
     if _sharded(dist):

@@ -4,10 +4,15 @@ One code path for every model: a hub name or a directory (our own checkpoints ar
 directories), optionally a GGUF file inside it, or fresh weights built from an architecture
 (``init: scratch``: the config of ``name_or_path`` and/or an inline config dict). The toy world uses
 the same path: its tokenizer comes from a named factory, its model is built from a config.
+
+Every model directory a run saves also holds ``parallel_r1.json`` (``MODEL_RECORD``): the prompt
+template, chat setting and mode it was trained with, so ``eval`` and ``serve`` prompt it the same way
+by default (``write_model_record`` / ``read_model_record``).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -17,6 +22,7 @@ from parallel_r1.structure import add_tags
 from parallel_r1.train.config import ModelConfig, RecipeError, resolve_ref
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MODEL_RECORD = "parallel_r1.json"  # next to config.json in every model directory a run saves
 
 
 def local_path_problem(name: str) -> str | None:
@@ -114,3 +120,39 @@ def _from_scratch(cfg: ModelConfig, tokenizer, seed: int, common: dict):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return AutoModelForCausalLM.from_config(config, **common)
+
+
+# --- how a saved model was trained ----------------------------------------------------------------------
+
+
+def model_record(prompt_template: str | None, chat: bool, mode: str, stage: str) -> dict:
+    """The settings a saved model was trained with, as ``MODEL_RECORD`` holds them.
+
+    ``prompt_template`` is the template text (None when the stage's rows carried ready-made prompts,
+    so no single template describes them); ``stage`` names the stage that produced the weights.
+    """
+    assert prompt_template is None or "{problem}" in prompt_template, "a prompt template needs {problem}"
+    return {"prompt_template": prompt_template, "chat_template": bool(chat), "mode": mode, "stage": stage}
+
+
+def write_model_record(model_dir: Path, record: dict) -> None:
+    (Path(model_dir) / MODEL_RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
+
+def read_model_record(model_dir: str | Path) -> dict | None:
+    """``MODEL_RECORD`` of a local model directory; None when there is none (a hub name, a foreign
+    model). A malformed record is an error naming the file, not a silent fallback."""
+    path = Path(model_dir).expanduser() / MODEL_RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    prompt = record.get("prompt_template") if isinstance(record, dict) else None
+    ok = (isinstance(record, dict) and isinstance(record.get("chat_template"), bool)
+          and isinstance(record.get("mode"), str) and (prompt is None or (isinstance(prompt, str) and "{problem}" in prompt)))
+    if not ok:
+        raise ValueError(f"{path}: expected prompt_template (text with {{problem}} or null), chat_template (bool) "
+                         f"and mode (str); got {record!r}")
+    return record

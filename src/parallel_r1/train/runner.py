@@ -52,7 +52,7 @@ from parallel_r1.train.data import (
 )
 from parallel_r1.train.dist import Dist
 from parallel_r1.train.metrics import MetricsLog, Progress, truncate_jsonl
-from parallel_r1.train.model_io import load_model, load_tokenizer
+from parallel_r1.train.model_io import load_model, load_tokenizer, model_record
 from parallel_r1.train.optim import build_optimizer, build_scheduler
 from parallel_r1.train.stages import (
     EngineFactory,
@@ -373,10 +373,18 @@ class _Run:
             state.stage_done = state.keep = done
             path = save_checkpoint(self.root, state, model=self.model, tokenizer=self.tokenizer,
                                    optimizer=optimizer, scheduler=scheduler, dist=self.dist,
-                                   keep_last=self.recipe.checkpoint.keep_last, ref_model=self.ctx.ref_model)  # fmt: skip
+                                   keep_last=self.recipe.checkpoint.keep_last, ref_model=self.ctx.ref_model,
+                                   record=self._model_record(i, stage))  # fmt: skip
             state.stage_done = state.keep = False
             if stop:
                 raise TrainingInterrupted(path)
+
+    def _model_record(self, i: int, stage) -> dict:
+        """How stage ``i`` prompts the model, saved with its weights so eval and serve can match it."""
+        prompted = stage.data.prompt_field is None  # else the rows carry prompts rendered elsewhere
+        template = template_text(stage.prompt, f"stages[{i}].prompt") if prompted else None
+        chat = uses_chat_template(self.tokenizer, stage.prompt.chat_template)
+        return model_record(template, chat, self.recipe.mode, stage.name)
 
     def _log_rollouts(self, step: int) -> None:
         n = self.recipe.logging.log_rollouts
