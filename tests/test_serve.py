@@ -27,7 +27,7 @@ from test_eval_fixtures import ScriptedPolicy, save_tiny_model
 
 SCRIPTED = "a<Parallel><Path>aa</Path><Path>aaa</Path></Parallel><Summary>a</Summary>\nFinal Answer: 42"
 PARALLEL = {"num_blocks": 1, "blocks": [{"paths": ["aa", "aaa"], "summary": "a", "closed": True}],
-            "format_valid": True, "critical_path_tokens": 19, "completion_tokens": 23}
+            "format_valid": True, "critical_path_tokens": 19, "completion_tokens": 23, "dropped_paths": []}
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,27 @@
    seed; the server's mode, compat, paths per block (a request may set ``num_paths``) and block limit. A path
    may use the whole ``max_tokens`` budget unless the server caps it.
 3. Streaming text is decoded incrementally (``IncrementalText``): only text that can no longer change
-   is sent (an incomplete UTF-8 sequence is held back), and the last ``len(stop) - 1`` characters are
-   held back while a stop string could still be forming, so the stream never shows text that the
-   final answer cuts. Paths are decoded side by side and so appear in the stream when their block
-   closes. The last chunk of each choice carries ``finish_reason`` and the ``parallel`` structure.
+   is sent (an incomplete UTF-8 sequence is held back), the last ``len(stop) - 1`` characters are
+   held back while a stop string could still be forming, and nothing from the first stop string on
+   is ever sent, so the streamed text is always a prefix of the blocking answer. Paths are decoded
+   side by side and so appear in the stream when their block closes. The last chunk of each choice
+   carries ``finish_reason``, ``stop_reason`` and the ``parallel`` structure.
+4. What a choice returns, and what it counts:
+   - Stop strings: the text is cut before the first occurrence of any stop string in the response
+     as the engine serialises it (main chain, then each block's paths in order, its summary, and
+     the tags), ``finish_reason`` "stop", ``stop_reason`` the string. A cut inside a block returns
+     the block open: the paths before the one that holds the stop string, that path up to it, and
+     no summary (``parallel.blocks[-1].closed`` false, ``format_valid`` false). The batcher ends such
+     a row within a few steps (``batcher``, point 3); what it generated after the stop string is not
+     returned but counted.
+   - A ``length`` cut inside a block keeps the closed paths and the first unclosed one in the text
+     (the engine's rule, so the text reads as it was generated); the other unclosed paths are
+     returned in ``parallel.dropped_paths``, never silently lost.
+   - ``usage.completion_tokens`` (and ``parallel.completion_tokens`` per choice) count every token
+     generated: the text's, the dropped paths', and those after a stop string. So a ``length``
+     answer counts exactly ``max_tokens``.
+   - ``parallel.blocks`` and ``format_valid`` describe the returned text; ``critical_path_tokens``
+     the generated response.
 """
 
 from __future__ import annotations
@@ -25,6 +42,7 @@ from dataclasses import dataclass, field
 from parallel_r1.data.prompts import render
 from parallel_r1.engine.sampling import SamplingConfig
 from parallel_r1.format import parse
+from parallel_r1.format.tags import PATH_CLOSE, PATH_OPEN
 from parallel_r1.serve.batcher import Batcher, Job
 from parallel_r1.serve.protocol import (
     APIError,
@@ -34,6 +52,7 @@ from parallel_r1.serve.protocol import (
     chunk_body,
     cut_at_stop,
     finish_reason,
+    first_stop,
     parse_request,
     response_body,
     usage_chunk,
@@ -62,11 +81,12 @@ class IncrementalText:
     """Stable text of a growing token sequence (module docstring, point 3)."""
 
     def __init__(self, tokenizer, stop: tuple[str, ...]):
-        self.tokenizer = tokenizer
+        self.tokenizer, self.stop = tokenizer, stop
         self.hold = max((len(s) for s in stop), default=1) - 1
         self.prefix_offset = self.read_offset = 0
         self.text = ""
         self.sent = 0
+        self.cut: int | None = None  # offset of the first stop string, once seen
 
     def _decode(self, ids) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
@@ -76,9 +96,14 @@ class IncrementalText:
         prefix = self._decode(ids[self.prefix_offset : self.read_offset])
         full = self._decode(ids[self.prefix_offset :])
         if len(full) > len(prefix) and not full.endswith("\ufffd"):
+            searched = len(self.text)
             self.text += full[len(prefix) :]
+            if self.cut is None and (hit := first_stop(self.text, self.stop, max(0, searched - self.hold))):
+                self.cut = hit[0]
             self.prefix_offset, self.read_offset = self.read_offset, len(ids)
-        safe = len(self.text) - self.hold
+        # an occurrence that is not complete yet starts at or after len(text) - hold, so the text
+        # before that, and before the first complete one, is final
+        safe = len(self.text) - self.hold if self.cut is None else min(self.cut, len(self.text) - self.hold)
         if safe <= self.sent:
             return ""
         delta, self.sent = self.text[self.sent : safe], safe
@@ -91,10 +116,27 @@ class IncrementalText:
         return final[self.sent :]
 
 
+def generated_tokens(rollout) -> int:
+    """Tokens the engine generated for a rollout: its response and the paths a length cut dropped."""
+    return len(rollout.response_ids) + sum(len(ids) for ids in rollout.dropped_paths)
+
+
+def text_blocks(text: str) -> list[dict]:
+    """The blocks of a returned text: paths, summary, closed; the open path of a block cut by a stop
+    string or a length limit counts as a path running to the end of the text."""
+    parsed = parse(text)
+    blocks = [{"paths": [p.text for p in b.paths], "summary": None if b.summary is None else b.summary.text,
+               "closed": b.closed} for b in parsed.blocks]
+    if parsed.blocks and not parsed.blocks[-1].closed:
+        opened = text.rfind(PATH_OPEN, parsed.blocks[-1].start)
+        if opened >= 0 and text.find(PATH_CLOSE, opened) < 0:
+            blocks[-1]["paths"].append(text[opened + len(PATH_OPEN) :])
+    return blocks
+
+
 class ServeApp:
     def __init__(self, engine, tokenizer, options: ServeOptions, logits_processors=()):
         self.engine, self.tokenizer, self.options = engine, tokenizer, options
-        self.tag_ids = dict(engine.tag_ids)
         has_template = bool(getattr(tokenizer, "chat_template", None))
         self.chat_template = has_template if options.chat_template is None else options.chat_template
         config = getattr(engine.model, "config", None)
@@ -169,31 +211,32 @@ class ServeApp:
                     raise APIError(503, "the generation loop stopped", type_="server_error") from None
 
     # ---- results --------------------------------------------------------------------------------
-    def _decode_span(self, ids: list[int], span: tuple[int, int]) -> str:
-        tags = set(self.tag_ids.values())
-        return self.tokenizer.decode([t for t in ids[span[0] : span[1]] if t not in tags], skip_special_tokens=False)
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
 
-    def served_text(self, rollout, stop: tuple[str, ...]) -> str:
-        if rollout.finish_reason != "stop":
-            return rollout.text
-        before = self.tokenizer.decode(rollout.response_ids[:-1], skip_special_tokens=False)
-        return cut_at_stop(rollout.text, before, stop)
+    def served_text(self, rollout, stop: tuple[str, ...]) -> tuple[str, str, str | None]:
+        """(text, finish_reason, stop_reason) of a choice (module docstring, point 4)."""
+        text, stop_reason = cut_at_stop(rollout.text, stop)
+        reason = "stop" if stop_reason is not None else finish_reason(rollout.finish_reason)
+        return text, reason, stop_reason
 
     def parallel(self, rollout, text: str) -> dict:
-        ids = rollout.response_ids
-        blocks = [
-            {"paths": [self._decode_span(ids, p) for p in b.paths],
-             "summary": None if b.summary is None else self._decode_span(ids, b.summary),
-             "closed": b.close is not None}
-            for b in rollout.blocks
-        ]
+        blocks = text_blocks(text)
         return {"num_blocks": len(blocks), "blocks": blocks, "format_valid": parse(text).valid,
-                "critical_path_tokens": rollout.critical_path_tokens, "completion_tokens": len(ids)}
+                "critical_path_tokens": rollout.critical_path_tokens, "completion_tokens": generated_tokens(rollout),
+                "dropped_paths": [self._decode(ids) for ids in rollout.dropped_paths]}
 
     def usage(self, job: Job, rollouts) -> dict:
         prompt = sum(len(p) for p in job.prompts)
-        completion = sum(len(r.response_ids) for r in rollouts)
+        completion = sum(generated_tokens(r) for r in rollouts)
         return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def _choice(self, req: GenRequest, index: int, rollout, sent: IncrementalText | None = None) -> dict:
+        text, reason, stop_reason = self.served_text(rollout, req.stop)
+        if sent is None:
+            return choice_body(req, index, text, reason, self.parallel(rollout, text), stop_reason)
+        return chunk_body(req, self.options.model_name, index, sent.rest(text), reason, self.parallel(rollout, text),
+                          stop_reason=stop_reason)
 
     def respond(self, req: GenRequest, job: Job) -> dict:
         """Wait for a blocking job and build its body."""
@@ -201,10 +244,7 @@ class ServeApp:
         kind, payload = self.next_event(job)
         if kind == "error":
             raise APIError(500, f"generation failed: {payload}", type_="server_error")
-        choices = []
-        for i, rollout in enumerate(payload):
-            text = self.served_text(rollout, req.stop)
-            choices.append(choice_body(req, i, text, finish_reason(rollout.finish_reason), self.parallel(rollout, text)))
+        choices = [self._choice(req, i, rollout) for i, rollout in enumerate(payload)]
         return response_body(req, self.options.model_name, choices, self.usage(job, payload))
 
     def stream(self, req: GenRequest, job: Job) -> Iterator[dict]:
@@ -226,9 +266,7 @@ class ServeApp:
                 raise APIError(500, f"generation failed: {payload[0]}", type_="server_error")
             else:
                 for i, rollout in enumerate(payload[0]):
-                    text = self.served_text(rollout, req.stop)
-                    yield chunk_body(req, model, i, texts[i].rest(text), finish_reason(rollout.finish_reason),
-                                     self.parallel(rollout, text))
+                    yield self._choice(req, i, rollout, texts[i])
                 if req.include_usage:
                     yield usage_chunk(req, model, self.usage(job, payload[0]))
                 return

@@ -9,12 +9,17 @@
    a call of its own: the engine draws every row of a call from one generator, so sharing a call would
    make a seeded answer depend on its neighbours. Unseeded calls get a fresh seed from the batcher's
    own generator (else every call would repeat the same draws).
-3. Streaming and cancellation use the engine's logits-processor hook as an observer, attached only
-   to calls that hold a streaming job: each step it hands the response-so-far of streaming rows to
-   their job (main chain and summary; paths show up when their block closes), and for a job whose
-   client went away it leaves only EOS open, so the row ends within a few steps (EOS in a path or
-   summary closes that branch first) instead of running to its budget. The logits of live rows are
-   returned unchanged. (A blocking client's departure is only seen when its answer is written.)
+3. Streaming, cancellation and stop strings use the engine's logits-processor hook as an observer,
+   attached only to calls that hold a streaming job or a job with stop strings: each step it hands
+   the response-so-far of streaming rows to their job (main chain and summary; paths show up when
+   their block closes), and a row whose job's client went away, or whose text already holds one of
+   its stop strings, gets only EOS left open, so it ends within a few steps (EOS in a path or
+   summary closes that branch first) instead of running to its budget. The engine itself stops at a
+   stop string only in the main chain; the observer catches one inside a path (each path's own
+   tokens), a summary, a tag, or across a block's pieces (the response, checked incrementally; a
+   ``<Parallel>`` just sampled counts as part of it). The exact cut is the app's (``app``, point 4):
+   ending early only saves work. The logits of live rows are returned unchanged. (A blocking
+   client's departure is only seen when its answer is written.)
 4. An exception inside a call is sent to every job of that call (the handlers answer 500) and the
    loop goes on serving.
 """
@@ -34,6 +39,7 @@ from dataclasses import dataclass, field
 import torch
 
 from parallel_r1.engine.sampling import SamplingConfig
+from parallel_r1.format.tags import PARALLEL_OPEN
 
 
 @dataclass
@@ -67,27 +73,55 @@ class BatchStats:
 
 
 class _Observer:
-    """Logits processor that streams and cancels (module docstring, point 3); never changes the
-    logits of live rows."""
+    """Logits processor that streams, cancels and ends rows at stop strings (module docstring,
+    point 3); never changes the logits of live rows."""
 
-    def __init__(self, owners: list[tuple[Job, int]], eos_id: int, stats: BatchStats):
+    def __init__(self, owners: list[tuple[Job, int]], eos_id: int, stats: BatchStats, tokenizer, par_open: int):
         self.owners, self.eos_id, self.stats = owners, eos_id, stats
-        self.cut: set[int] = set()
+        self.tokenizer, self.par_open = tokenizer, par_open
+        self.cut: set[int] = set()  # ids of cancelled jobs, counted once
+        self.ending: set[int] = set()  # rows (prompt indices) left with EOS only
+        self.checked: dict[int, int] = {}  # row -> response tokens already searched for stop strings
+        self.tail: dict[int, tuple[int, ...]] = {}  # row -> last response tokens searched
 
     def __call__(self, logits: torch.Tensor, contexts) -> torch.Tensor:
         # logits: (n, V), one row per branch sampled this step
         for i, ctx in enumerate(contexts):
             job, choice = self.owners[ctx.prompt_index]
-            if job.cancelled.is_set():
-                if id(job) not in self.cut:
-                    self.cut.add(id(job))
-                    self.stats.cancelled_jobs += 1
+            if ctx.prompt_index not in self.ending and self._must_end(job, ctx):
+                self.ending.add(ctx.prompt_index)
+            if ctx.prompt_index in self.ending:
                 logits[i] = float("-inf")
                 logits[i, self.eos_id] = 0.0
             elif job.stream and ctx.phase != "path":
                 # a copy: ctx.tokens is the engine's own list and grows after this call returns
                 job.events.put(("tokens", choice, tuple(ctx.tokens)))
         return logits
+
+    def _must_end(self, job: Job, ctx) -> bool:
+        if job.cancelled.is_set():
+            if id(job) not in self.cut:
+                self.cut.add(id(job))
+                self.stats.cancelled_jobs += 1
+            return True
+        stop = job.config.stop
+        if not stop:
+            return False
+        window = max(len(s) for s in stop) + 4  # tokens: as the engine's own check, a margin for pieces
+        if ctx.phase == "path":
+            if ctx.path_index == 0 and len(ctx.tokens) == 1:  # a block's first step: the response ends
+                opened = self.tail.get(ctx.prompt_index, ()) + (self.par_open,)  # ... with <Parallel>
+                if self._holds(opened[-window:], stop):
+                    return True
+            return self._holds(ctx.tokens[-window:], stop)
+        start = max(0, self.checked.get(ctx.prompt_index, 0) - window)
+        self.checked[ctx.prompt_index] = len(ctx.tokens)
+        self.tail[ctx.prompt_index] = tuple(ctx.tokens[-window:])
+        return self._holds(ctx.tokens[start:], stop)
+
+    def _holds(self, ids, stop: tuple[str, ...]) -> bool:
+        text = self.tokenizer.decode(list(ids), skip_special_tokens=False)
+        return any(s in text for s in stop)
 
 
 def group_key(job: Job, index: int) -> tuple:
@@ -112,6 +146,7 @@ class Batcher:
         self.thread: threading.Thread | None = None
         eos = getattr(getattr(engine, "tags", None), "eos", None) or {engine.tokenizer.eos_token_id}
         self.eos_id = min(eos)
+        self.par_open = engine.tag_ids[PARALLEL_OPEN]
 
     def start(self) -> None:
         assert self.thread is None, "batcher already started"
@@ -174,8 +209,9 @@ class Batcher:
                     prompts.append(prompt)
                     owners.append((job, i * job.n + j))
         config = live[0].config if live[0].seeded else dataclasses.replace(live[0].config, seed=self.rng.getrandbits(63))
-        observe = any(job.stream for job in live)
-        processors = self.processors + ([_Observer(owners, self.eos_id, self.stats)] if observe else [])
+        observe = any(job.stream or job.config.stop for job in live)
+        observer = _Observer(owners, self.eos_id, self.stats, self.engine.tokenizer, self.par_open)
+        processors = self.processors + ([observer] if observe else [])
         self.stats.calls += 1
         self.stats.jobs += len(live)
         self.stats.rows += len(prompts)

@@ -42,7 +42,7 @@ def _stop_on_signals() -> None:
 
 def serve(
     model: Annotated[str, typer.Argument(help="HF hub name or local path of a causal LM whose tokenizer has the tags.")],
-    host: Annotated[str, typer.Option(help="Address to bind; anything but loopback exposes an unauthenticated API.")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Address to bind; beyond loopback, set --api-key.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free port).")] = 8000,
     served_model_name: Annotated[str | None, typer.Option(help="Model id in the API (default: MODEL's last path part).")] = None,
     mode: Annotated[Mode | None, typer.Option(metavar="MODE", help="unseen, seen or sequential (default: the "
@@ -67,6 +67,11 @@ def serve(
     dtype: Annotated[DType, typer.Option(metavar="DTYPE", help="auto, float32, bfloat16 or float16; auto: "
                                                                "bfloat16 on a GPU, else float32.")] = "auto",
     quiet: Annotated[bool, typer.Option(help="Do not log each request to stderr.")] = False,
+    api_key: Annotated[str | None, typer.Option(envvar="PARALLEL_R1_API_KEY", help="Require 'Authorization: Bearer "
+                                                "KEY' on /v1 routes (401 otherwise); the variable keeps it out of ps.")] = None,
+    read_timeout: Annotated[float, typer.Option(min=0.001, help="Seconds a client has to send a whole request (and "
+                                                "to take each write) before its connection is closed.")] = 30.0,
+    max_connections: Annotated[int, typer.Option(min=1, help="Connections served at once; more are answered 503.")] = 128,
     threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: torch's); 1 suits tiny "
                                                       "models on a busy machine.")] = None,
 ) -> None:
@@ -81,8 +86,10 @@ def serve(
 
     if default_max_tokens > max_tokens_limit:
         raise typer.BadParameter(f"--default-max-tokens {default_max_tokens} exceeds --max-tokens-limit {max_tokens_limit}")
-    if not _is_loopback(host):
-        typer.echo(f"warning: binding {host}: the API has no authentication", err=True)
+    if api_key is not None and not api_key.strip():
+        raise typer.BadParameter("--api-key (or PARALLEL_R1_API_KEY) is empty")
+    if not _is_loopback(host) and api_key is None:
+        typer.echo(f"warning: binding {host} without --api-key: anyone who can reach it can use the API", err=True)
     if threads is not None:
         torch.set_num_threads(threads)
     try:
@@ -97,7 +104,8 @@ def serve(
             batch_window_s=batch_window_ms / 1000, max_batch_rows=4 * max_batch_size,
             chat_template=settings.chat, prompt_template=settings.template,
         )
-        server = OpenAIServer(engine, loaded.tokenizer, options, host, port, log_requests=not quiet)
+        server = OpenAIServer(engine, loaded.tokenizer, options, host, port, log_requests=not quiet, api_key=api_key,
+                              read_timeout_s=read_timeout, max_connections=max_connections)
     except (ValueError, OSError) as exc:  # bad model, setting or address
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

@@ -2,15 +2,20 @@
 
 1. Validation is strict where silence would mislead: a parameter out of range, of the wrong type, or
    one this server cannot honour (``logprobs``, ``echo``, ``best_of`` > 1, ``suffix``, tools, a
-   non-zero presence/frequency penalty) is a 400 ``invalid_request_error`` naming the parameter.
-   Fields that change nothing here (``user``, ``stream_options``, zero penalties) are accepted.
+   non-zero presence/frequency penalty, a ``response_format`` other than text, a ``tool_choice``
+   other than "none") is a 400 ``invalid_request_error`` naming the parameter, and so is a parameter
+   the API does not define (as OpenAI answers one). Fields that change nothing here (``user``,
+   ``metadata``, ``store``, ``stream_options``, zero penalties) are accepted.
 2. Extensions: ``top_k`` and ``num_paths`` (paths per block) in the request; ``choices[i].parallel``
-   in the response with the blocks, their paths' and summaries' text, format validity and the
-   critical-path length (the tokens a parallel decoder must produce one after another).
-   ``usage.completion_tokens`` counts every response token: all paths, and the tags the engine
-   inserted (``<Path>``, ``</Parallel><Summary>``).
-3. Stop strings follow OpenAI: the returned text ends before the stop string (the engine keeps the
-   tokens that completed it; ``cut_at_stop`` removes them from the text).
+   in the response with the blocks of the returned text (their paths' and summaries' text, whether
+   closed), its format validity, the critical-path length (the tokens a parallel decoder must produce
+   one after another), and ``dropped_paths``: the text of unclosed paths that a ``length`` cut inside
+   a block left out of the text (module ``app``, point 4); ``choices[i].stop_reason`` names the stop
+   string that cut the text (as vLLM does).
+   ``usage.completion_tokens`` counts every token generated: all paths (dropped ones too), and the
+   tags the engine inserted (``<Path>``, ``</Parallel><Summary>``).
+3. Stop strings: the returned text ends before the first occurrence of any stop string, wherever it
+   occurs (main chain, path, summary, or a tag); ``cut_at_stop`` does the cut.
 """
 
 from __future__ import annotations
@@ -29,7 +34,26 @@ UNSUPPORTED = {
     "tools": "tool calls are not supported",
     "functions": "function calls are not supported",
     "logit_bias": "logit_bias is not supported",
+    "audio": "audio output is not supported",
+    "prediction": "predicted outputs are not supported",
+    "web_search_options": "web search is not supported",
+    "reasoning_effort": "reasoning_effort is not supported",
+    "verbosity": "verbosity is not supported",
 }
+# accepted only with the value that asks for what the server does anyway
+DEFAULT_ONLY = {
+    "response_format": ({"type": "text"}, "only {\"type\": \"text\"} is supported (no JSON mode or schema)"),
+    "tool_choice": ("none", "tool calls are not supported (only \"none\")"),
+    "function_call": ("none", "function calls are not supported (only \"none\")"),
+    "modalities": (["text"], "only [\"text\"] output is supported"),
+}
+# change nothing here: accepted and ignored
+NO_EFFECT = ("user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier",
+             "parallel_tool_calls")
+SUPPORTED = ("model", "n", "temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens", "stop",
+             "seed", "stream", "stream_options", "num_paths",
+             "presence_penalty", "frequency_penalty", "best_of")  # the last three: only their no-op values
+KNOWN = {"prompt", "messages", *UNSUPPORTED, *DEFAULT_ONLY, *NO_EFFECT, *SUPPORTED}
 
 
 class APIError(Exception):
@@ -110,7 +134,14 @@ def _stop(body: dict) -> tuple[str, ...]:
     return tuple(stops)
 
 
-def _check_unsupported(body: dict) -> None:
+def _check_unsupported(body: dict, chat: bool) -> None:
+    other = "prompt" if chat else "messages"
+    for key in body:
+        if key not in KNOWN or key == other:
+            raise APIError(400, f"Unrecognized request argument supplied: '{key}'", key)
+    for key, (default, why) in DEFAULT_ONLY.items():
+        if body.get(key) not in (None, default):
+            raise APIError(400, f"'{key}': {why}", key)
     for key, why in UNSUPPORTED.items():
         if body.get(key) not in (None, False, 0, [], {}):
             raise APIError(400, f"'{key}': {why}", key)
@@ -155,7 +186,7 @@ def parse_request(body: object, chat: bool, limits: Limits) -> GenRequest:
     """Validate a decoded JSON body (module docstring, point 1)."""
     if not isinstance(body, dict):
         raise APIError(400, "the request body must be a JSON object")
-    _check_unsupported(body)
+    _check_unsupported(body, chat)
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise APIError(400, "'model' must be a string", "model")
@@ -187,20 +218,29 @@ def finish_reason(engine_reason: str) -> str:
     return "length" if engine_reason == "length" else "stop"
 
 
-def cut_at_stop(text: str, text_before_last: str, stop: tuple[str, ...]) -> str:
-    """``text`` ended by a stop string completed by its last token: drop the stop string and the rest.
+def first_stop(text: str, stop: tuple[str, ...], start: int = 0) -> tuple[int, str] | None:
+    """(offset, stop string) of the earliest stop string in ``text[start:]``, or None; on a tie the
+    longer string (its text is cut either way)."""
+    hits = [(p, -len(s), s) for s in stop if (p := text.find(s, start)) >= 0]
+    if not hits:
+        return None
+    p, _, s = min(hits)
+    return p, s
 
-    ``text_before_last`` is the text without the last token; only an occurrence that the last token
-    completed counts (an earlier one was inside a path, where the engine does not stop)."""
-    cuts = [p for s in stop if (p := text.rfind(s)) >= 0 and p + len(s) > len(text_before_last)]
-    return text[: min(cuts)] if cuts else text
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, str | None]:
+    """``text`` up to the first occurrence of any stop string, and that string (module docstring, point 3)."""
+    hit = first_stop(text, stop)
+    return (text, None) if hit is None else (text[: hit[0]], hit[1])
 
 
-def choice_body(req: GenRequest, index: int, text: str, reason: str, parallel: dict) -> dict:
+def choice_body(req: GenRequest, index: int, text: str, reason: str, parallel: dict,
+                stop_reason: str | None = None) -> dict:
     if req.chat:
         return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                "finish_reason": reason, "parallel": parallel}
-    return {"index": index, "text": text, "logprobs": None, "finish_reason": reason, "parallel": parallel}
+                "finish_reason": reason, "stop_reason": stop_reason, "parallel": parallel}
+    return {"index": index, "text": text, "logprobs": None, "finish_reason": reason, "stop_reason": stop_reason,
+            "parallel": parallel}
 
 
 def response_body(req: GenRequest, model: str, choices: list[dict], usage: dict) -> dict:
@@ -218,8 +258,9 @@ def usage_chunk(req: GenRequest, model: str, usage: dict) -> dict:
 
 
 def chunk_body(req: GenRequest, model: str, index: int, text: str | None, reason: str | None,
-               parallel: dict | None = None, role: bool = False) -> dict:
-    """One streamed chunk; the last chunk of a choice carries ``finish_reason`` and ``parallel``."""
+               parallel: dict | None = None, role: bool = False, stop_reason: str | None = None) -> dict:
+    """One streamed chunk; the last chunk of a choice carries ``finish_reason``, ``stop_reason`` and
+    ``parallel``."""
     if req.chat:
         delta = {"role": "assistant"} if role else {}
         if text is not None:
@@ -228,7 +269,7 @@ def chunk_body(req: GenRequest, model: str, index: int, text: str | None, reason
     else:
         choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": reason}
     if parallel is not None:
-        choice["parallel"] = parallel
+        choice["stop_reason"], choice["parallel"] = stop_reason, parallel
     kind = "chat.completion.chunk" if req.chat else "text_completion"
     prefix = "chatcmpl-" if req.chat else "cmpl-"
     return {"id": prefix + req.id, "object": kind, "created": req.created, "model": model, "choices": [choice]}
