@@ -9,6 +9,8 @@
    the list is fine: the fingerprint leaves the list out (``RUN_ONLY_KEYS``).
 3. A rerun with a *different* fingerprint is an error naming the differing settings: results of
    hours of sampling are never thrown away silently. ``fresh=True`` (``--fresh``) starts over.
+4. A setting added to the fingerprint after results were stored is read, in a stored config that
+   lacks it, as the value those results were made with (``LEGACY_DEFAULTS``), so they stay resumable.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from parallel_r1.files import read_json
 # settings recorded in a result's config but not compared on resume (each stored benchmark carries
 # its own sample count and data digest)
 RUN_ONLY_KEYS = ("benchmarks", "samples", "data_dir", "settings_from")
+
+# settings stored results may lack, with the value they were made with (eval.scoring, point 4)
+LEGACY_DEFAULTS = {"scorer": "default"}
 
 
 class ResumeError(ValueError):
@@ -67,7 +72,8 @@ class ResumeState:
         except (ResumeError, KeyError, TypeError) as exc:
             raise ResumeError(f"{source} is not an eval result this command can resume from ({exc}); "
                               "pass --fresh to overwrite it or choose another --output") from exc
-        old = {k: v for k, v in old.items() if k not in RUN_ONLY_KEYS}
+        legacy = {k: v for k, v in LEGACY_DEFAULTS.items() if k in self.fingerprint}
+        old = {**legacy, **{k: v for k, v in old.items() if k not in RUN_ONLY_KEYS}}
         diff = config_diff(old, self.fingerprint)
         if diff:
             raise ResumeError(f"{source} holds results of a different eval config ({'; '.join(diff)}); "

@@ -4,8 +4,8 @@
    paper's MATH column beside ``aime24`` at the default 16). NAME is anything
    ``parallel_r1.data.problems.load_problems`` reads: a named set, ``toy-easy``/``toy-hard``, a file.
 2. Problems are rendered with the prompt template, encoded (``loading.encode_prompt``) and sampled
-   ``K`` times each, a chunk of prompts per ``Engine.generate`` call; each response is judged
-   (``rewards.judge_many``) and reduced to a ``SampleRecord`` for the metrics.
+   ``K`` times each, a chunk of prompts per ``Engine.generate`` call; each response is judged by
+   the scorer(s) ``--scorer`` names (``eval.scoring``) and reduced to a ``SampleRecord`` for the metrics.
 3. Seeds: chunk ``c`` of benchmark ``B`` samples with ``crc32("{seed}/{B}/{c}")``, so a benchmark's
    samples do not depend on which other benchmarks ran before it (or were skipped on resume).
 4. Block positions are token-level (``<Parallel>`` index / response length, docs/paper.md 7) from the
@@ -27,6 +27,7 @@ from parallel_r1.data.problem import Problem
 from parallel_r1.eval.loading import encode_prompt
 from parallel_r1.eval.metrics import SampleRecord, average_metrics, benchmark_metrics
 from parallel_r1.eval.resume import RUN_ONLY_KEYS, ResumeState
+from parallel_r1.eval.scoring import average_by_scorer, judge_with, line_fields, scorer_metrics, scorer_names
 
 CHUNK_ROWS_FACTOR = 4  # rows per generate call = factor x engine batch rows: finished rows get refilled
 
@@ -41,6 +42,7 @@ class EvalConfig:
     prompt: str = "parallel"
     mode: str = "unseen"
     compat: str = "ours"  # "reference": sample as the reference engine does (engine.rows, point 8)
+    scorer: str = "default"  # "reference" or "both" (eval.scoring); in the fingerprint: it decides verdicts
     num_paths: int = 2
     temperature: float = 1.0
     top_p: float = 1.0
@@ -64,6 +66,7 @@ class EvalConfig:
             if not ok:
                 raise ValueError(f"EvalConfig: {message}")
         self.sampling(0)  # validates the sampling settings now, with a message naming the bad one
+        scorer_names(self.scorer)
 
     def sampling(self, seed: int):
         from parallel_r1.engine.sampling import SamplingConfig
@@ -157,9 +160,9 @@ class BenchmarkRun:
 
 def sample_benchmark(engine, run: BenchmarkRun, cfg: EvalConfig, on_chunk: Callable[[int], None] | None = None,
                      logits_processors: Sequence = ()) -> tuple[list[SampleRecord], list[dict]]:
-    """Sample and judge every problem of ``run``; returns the records and the response rows."""
-    from parallel_r1.rewards import judge_many
-
+    """Sample and judge every problem of ``run``; returns the records and the response rows. The
+    first scorer's verdicts make the records; a second one's go on each row under its name."""
+    names = scorer_names(cfg.scorer)
     per_call = max(1, CHUNK_ROWS_FACTOR * cfg.batch_size // run.spec.samples)
     records, rows = [], []
     for c, start in enumerate(range(0, len(run.prompts), per_call)):
@@ -168,12 +171,13 @@ def sample_benchmark(engine, run: BenchmarkRun, cfg: EvalConfig, on_chunk: Calla
         rollouts = engine.generate(run.prompts[start : start + per_call], run.spec.samples, sampling,
                                    logits_processors=logits_processors)
         golds = [problems[r.prompt_index].answer for r in rollouts]
-        verdicts = judge_many([r.text for r in rollouts], golds)
-        for rollout, verdict in zip(rollouts, verdicts, strict=True):
-            problem = problems[rollout.prompt_index]
+        verdicts = judge_with(names, [r.text for r in rollouts], golds)
+        for i, rollout in enumerate(rollouts):
+            problem, verdict = problems[rollout.prompt_index], verdicts[names[0]][i]
             record = to_record(problem, rollout, verdict)
             records.append(record)
             rows.append(response_row(run.spec.name, problem, rollout, verdict, record))
+            rows[-1].update({name: line_fields(verdicts[name][i]) for name in names[1:]})
         if on_chunk is not None:
             on_chunk(len(problems))
     return records, rows
@@ -232,9 +236,11 @@ def evaluate(engine_factory: Callable[[], object], runs: list[BenchmarkRun], cfg
         records, rows = sample_benchmark(engine, run, cfg, on_chunk, logits_processors)
         metrics = {"source": run.spec.source, "data_digest": problems_digest(run.problems)}
         metrics.update(benchmark_metrics(records))
+        metrics.update(scorer_metrics(records, rows, scorer_names(cfg.scorer)))
         out.append(rows)
         state.record(name, metrics)
         results[name] = metrics
-    result = {"benchmarks": results, "average": average_metrics(results), "config": state.config}
+    average = {**average_metrics(results), "by_scorer": average_by_scorer(results, scorer_names(cfg.scorer))}
+    result = {"benchmarks": results, "average": average, "config": state.config}
     state.finish(result)
     return result
