@@ -35,7 +35,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # the built wheel in a fresh venv, run from an empty directory: recipes, demo --quick, train by name,
-# eval, serve (about 4 minutes; CI runs it after `make test`)
+# eval, serve (about 2.5 minutes; CI runs it after `make test`)
 test-wheel:
 	PYTHON=$(PYTHON) TORCH_VERSION=$(TORCH_VERSION) bash scripts/test_wheel.sh
 

@@ -2,7 +2,8 @@
 # `make test-wheel`: build the wheel, install it (not editable) into a fresh venv, and run the installed
 # command from an empty directory, so that nothing can come from the checkout: the bundled recipes,
 # `demo --quick`, `train` by recipe name, a short `eval` and one request to `serve`.
-# Takes about 4 minutes on 2 cores (1 of them installing). Keeps its files on failure (the path is printed).
+# About 2.5 minutes on 2 cores (measured: 83 s to install, 46 s demo --quick, 20 s the rest). Keeps
+# its files on failure (the path is printed).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
