@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -11,7 +11,8 @@ import typer
 def bench_engine(
     quick: Annotated[bool, typer.Option(help="~1 minute on 2 CPU cores: batch 4, 1k prefix, paths of 64")] = False,
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
-    dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "float32",
+    dtype: Annotated[Literal["float32", "bfloat16", "float16"], typer.Option(metavar="DTYPE",
+                     help="float32, bfloat16 or float16")] = "float32",
     model_size: Annotated[str | None, typer.Option(help="tiny | small (5M, default) | 0.5b")] = None,
     batch: Annotated[int | None, typer.Option(help="rows (prompts) decoded together")] = None,
     prefix_len: Annotated[int | None, typer.Option(help="prompt tokens per row")] = None,
@@ -26,9 +27,7 @@ def bench_engine(
 ) -> None:
     """Branching engine vs plain decoding vs per-path re-prefill; last stdout line is one JSON object.
 
-    GPU: ``--device cuda --dtype bfloat16 --model-size 0.5b`` (a random Qwen3-0.6B-shaped model)."""
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise typer.BadParameter(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    GPU: --device cuda --dtype bfloat16 --model-size 0.5b (a random Qwen3-0.6B-shaped model)."""
     import torch
 
     from parallel_r1.bench.engine import make_shape, run_engine_bench

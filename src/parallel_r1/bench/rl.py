@@ -239,8 +239,8 @@ def bench_rl(
     profile: Annotated[bool, typer.Option(
         help="instead of the A/B: where our step spends its time, per section (TRL not needed)")] = False,
 ) -> None:
-    """Our GRPO step vs TRL's GRPOTrainer on the same work (needs ``pip install trl``); last stdout
-    line is one JSON object with ``vs_trl`` (our samples/s over TRL's, median of A/B pairs)."""
+    """Our GRPO step vs TRL's GRPOTrainer on the same work (needs TRL: make install-bench); last stdout
+    line is one JSON object with vs_trl (our samples/s over TRL's, median of A/B pairs)."""
     cfg = make_config(quick, model_size=model_size, prompts=prompts, group=group, completion_len=completion_len,
                       repeats=repeats, warmup=warmup, mode=mode, threads=threads, share_prompts=share_prompts,
                       lean=lean)
