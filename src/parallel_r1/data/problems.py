@@ -5,8 +5,10 @@
    ``math500``, ``math300``, ``aime24``, ``aime25``, ``amc23``, ``dapo``. These are read from a local
    folder laid out like ``../shared/data`` (``gsm8k_test.jsonl`` etc.; the folder is ``data_dir``, else
    the environment variable ``PARALLEL_R1_DATA_DIR``). With neither, and the optional ``datasets``
-   package installed, they are fetched from the Hugging Face hub by dataset name; otherwise the error
-   says to pass ``--data-dir``. ``math300`` has no hub source.
+   package installed, they are fetched from the Hugging Face hub by dataset name, after one warning
+   that names where it looked locally and the hub dataset (the hub client retries with back-off,
+   which would otherwise look like a hang); otherwise the error says to pass ``--data-dir``.
+   ``math300`` has no hub source.
 2. an embedded toy set, ``toy-easy`` or ``toy-hard`` (``data/toy.py``): ``limit`` problems (default
    ``TOY_DEFAULT_SIZE``) generated under ``seed``.
 3. a path to a ``.jsonl``, ``.json`` (a list of objects, or an object with a ``data`` list) or
@@ -28,6 +30,7 @@ in file order, so a limited run is a prefix of the full one and resumes stay con
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -37,6 +40,7 @@ from pathlib import Path
 from parallel_r1.data.problem import Problem
 from parallel_r1.files import read_json, read_json_lines
 
+log = logging.getLogger("parallel_r1.data")
 DATA_DIR_ENV = "PARALLEL_R1_DATA_DIR"
 TOY_SETS = ("toy-easy", "toy-hard")
 TOY_DEFAULT_SIZE = 200
@@ -132,6 +136,9 @@ def _hub_rows(name: str, entry: NamedSet) -> list[Problem]:
             f"(or install `datasets` to fetch {entry.hub[0]} from the hub)"
         ) from exc
     repo, config, split = entry.hub
+    log.warning("problem set %r: no local data folder (--data-dir not given, %s unset), so fetching %s (%s) "
+                "from the Hugging Face hub; set HF_HUB_OFFLINE=1 to fail at once instead of retrying",
+                name, DATA_DIR_ENV, repo, split)  # fmt: skip
     try:
         ds = datasets.load_dataset(repo, config, split=split)
     except Exception as exc:  # offline, gated, renamed: all end here, with the way out named
