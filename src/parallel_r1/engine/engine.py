@@ -37,10 +37,11 @@ import contextlib
 import dataclasses
 import os
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
+from parallel_r1.engine.backend import BackendInfo
 from parallel_r1.engine.decoder import lean_plan
 from parallel_r1.engine.kvcache import PAD_OWNER, RowsView, SlotCache
 from parallel_r1.engine.rows import (
@@ -112,6 +113,19 @@ class Engine:
             return "model (lean=False)"
         plan, why = lean_plan(self.model)
         return "lean" if plan is not None else f"model ({why})"
+
+    # ---- rollout-backend protocol (engine.backend) ----------------------------------------------
+    shares_policy = True  # decodes with the trainer's live tensors: an optimizer step is seen at once
+
+    @property
+    def info(self) -> BackendInfo:
+        return BackendInfo(name="hf", forward_path=self.forward_path, device=str(self.device))
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """No-op: the engine reads the policy's own tensors (the iterator is not consumed)."""
+
+    def close(self) -> None:
+        self._plan = None
 
     @property
     def device(self) -> torch.device:
