@@ -27,6 +27,10 @@ def demo(
     eval_samples: Annotated[int, typer.Option(min=1, help="Samples per held-out problem.")] = 2,
     ablation_seeds: Annotated[int, typer.Option(min=1, help="Seeds per ablation arm (0..N-1).")] = 3,
     threads: Annotated[int, typer.Option(min=1, help="torch threads (1 is fastest for the tiny model).")] = 1,
+    processes: Annotated[
+        int | None, typer.Option(min=1, help="Processes: the SFT stages data-parallel, evaluation beside RL "
+                                 "(default 2 on 2+ cores; 1: one core, one stage after another).")
+    ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Recipe override key.path=value (repeatable).")
     ] = None,
@@ -43,6 +47,7 @@ def demo(
         output=output, seed=seed, quick=quick, ablation=ablation, recipe=recipe,
         ablation_seeds=tuple(range(ablation_seeds)), eval_problems=eval_problems,
         eval=replace(EvalSettings(), samples=1 if quick else eval_samples), overrides=tuple(set_ or ()), threads=threads,
+        **({} if processes is None else {"processes": processes}),
     )  # fmt: skip
     try:
         report = run_demo(cfg)

@@ -5,7 +5,9 @@ In order (each step a phase of the resource meter):
 2. train: ``configs/demo/demo.yaml`` through ``train.runner.run_recipe`` into ``DIR`` itself, so
    ``DIR/metrics.jsonl`` and ``DIR/checkpoints/`` are the runner's own: stage 0 (pretraining),
    cold-start SFT, GRPO with the alternating reward on hard problems with easy ones mixed in. Each
-   stage ends with a kept checkpoint;
+   stage ends with a kept checkpoint. With ``processes`` > 1 (the default on 2+ cores) the SFT stages
+   run as that many data-parallel processes with the same global batch, then the GRPO stage resumes
+   in this process, while a background process evaluates the SFT stages' checkpoints (``demo.launch``);
 3. export: the final policy (with its tokenizer) copied to ``DIR/model``;
 4. eval: every stage's checkpoint (the last one loaded from ``DIR/model``) on the fixed held-out hard
    and easy sets, same settings for all (``demo.evaluate``);
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -50,6 +53,9 @@ class DemoConfig:
     # pay off, and on a 2-core machine with any other load the thread pool's waits made training and
     # generation 10-50x slower in our measurements (README of the demo; report.json records the value).
     threads: int = 1
+    # processes for the SFT stages (data parallel) and for evaluating beside the GRPO stage; 1 runs
+    # everything in this process, one stage after another
+    processes: int = field(default_factory=lambda: 2 if (os.cpu_count() or 1) >= 2 else 1)
 
     def __post_init__(self) -> None:
         self.output, self.recipe = Path(self.output), Path(self.recipe)
@@ -60,10 +66,12 @@ class DemoConfig:
                              f"draws from), got {self.eval_problems}")
         assert self.ablation_seeds, "the ablation needs at least one seed"
         assert self.threads >= 1, f"threads must be >= 1, got {self.threads}"
+        assert self.processes >= 1, f"processes must be >= 1, got {self.processes}"
 
 
 def stage_checkpoints(run_dir: Path, names: list[str]) -> dict[str, Path]:
-    """The checkpoint that closes each stage (``trainer_state.json`` says which stage and that it is done)."""
+    """The checkpoint that closes each of the stages ``names`` (the first ``len(names)`` of the recipe;
+    ``trainer_state.json`` says which stage and that it is done)."""
     from parallel_r1.train.checkpoint import read_state
 
     found: dict[str, Path] = {}
@@ -71,7 +79,7 @@ def stage_checkpoints(run_dir: Path, names: list[str]) -> dict[str, Path]:
         if path.name.endswith(".tmp"):
             continue
         state = read_state(path)
-        if state.stage_done:
+        if state.stage_done and state.stage_index < len(names):
             found[names[state.stage_index]] = path
     missing = [n for n in names if n not in found]
     assert not missing, f"{run_dir}: no end-of-stage checkpoint for {missing}"
@@ -110,18 +118,25 @@ class Demo:
     def _run(self, out: Path) -> dict:
         with self.meter.phase("teacher"):
             self.results["teacher"] = self.teacher()
-        with self.meter.phase("train"):
-            self.train()
-        checkpoints = stage_checkpoints(out, self.names)
-        with self.meter.phase("export"):
-            shutil.copytree(checkpoints[FINAL] / "model", out / "model")
-        with self.meter.phase("eval"):
-            # the final policy is evaluated from DIR/model, which also checks that the export loads
-            sources = {name: checkpoints[name] / "model" for name in self.names} | {FINAL: out / "model"}
-            self.results["eval"] = {name: self.evaluate(name, path) for name, path in sources.items()}
-            # Context, not a comparison row: the base model under the prompt it was trained with.
-            own = replace(self.settings, template=template_text(self.recipe.stages[0].prompt, "stages[0].prompt"))
-            self.results["stage0_own_prompt"] = self.evaluate(f"{FIRST}-own-prompt", sources[FIRST], settings=own)
+        background = None
+        try:
+            with self.meter.phase("train"):
+                background = self.train()
+            checkpoints = stage_checkpoints(out, self.names)
+            with self.meter.phase("export"):
+                shutil.copytree(checkpoints[FINAL] / "model", out / "model")
+            with self.meter.phase("eval"):
+                # the final policy is evaluated from DIR/model, which also checks that the export loads
+                sources = {name: checkpoints[name] / "model" for name in self.names} | {FINAL: out / "model"}
+                done = self._background_results(background)
+                evals = {n: done[n] if n in done else self.evaluate(n, p) for n, p in sources.items()}
+                self.results["eval"] = evals
+                own_name = f"{FIRST}-own-prompt"
+                own = done[own_name] if own_name in done else self.evaluate(own_name, sources[FIRST], settings=self.own)
+                self.results["stage0_own_prompt"] = own
+        finally:
+            if background is not None:
+                background.stop()
         self.results["checkpoints"] = {k: str(v.relative_to(out)) for k, v in checkpoints.items()}
         if self.cfg.ablation:
             from parallel_r1.demo.ablation import run_ablation
@@ -137,13 +152,44 @@ class Demo:
         self.console.print(table["markdown"])
         return table
 
-    def train(self) -> None:
+    @property
+    def own(self) -> EvalSettings:
+        """Context, not a comparison row: the base model under the prompt it was trained with."""
+        return replace(self.settings, template=template_text(self.recipe.stages[0].prompt, "stages[0].prompt"))
+
+    def train(self):
+        """Train every stage; with ``processes`` > 1 returns the ``EvalChild`` evaluating the SFT stages."""
+        from parallel_r1.demo.launch import EvalChild, leading_sft_stages, train_sft_stages
         from parallel_r1.train.runner import run_recipe
 
         steps = ", ".join(f"{s.name}: {s.steps} steps" for s in self.recipe.stages)
         self.console.rule(f"[bold]Curriculum via the train runner ({steps})")
         _quiet_logging()
-        run_recipe(self.recipe, self.cfg.output)
+        cfg, out = self.cfg, self.cfg.output
+        n_sft = leading_sft_stages(self.raw)
+        if cfg.processes == 1 or n_sft == len(self.names):
+            run_recipe(self.recipe, out)
+            return None
+        train_sft_stages(self.raw, out, cfg.processes, cfg.threads)
+        done = stage_checkpoints(out, self.names[:n_sft])
+        jobs = {n: (done[n] / "model", self.settings) for n in self.names[:n_sft]}
+        if FIRST in done:
+            jobs[f"{FIRST}-own-prompt"] = (done[FIRST] / "model", self.own)
+        background = EvalChild(self, jobs, cfg.threads)
+        try:
+            run_recipe(self.recipe, out, resume=True)  # the GRPO stage(s), in this process
+        except BaseException:
+            background.stop()
+            raise
+        return background
+
+    def _background_results(self, background) -> dict:
+        if background is None:
+            return {}
+        found = background.wait(self.cfg.output)
+        for name, result in found.items():
+            self._print_eval(name, result, ("hard", "easy"))
+        return found
 
     def evaluate(self, name: str, model_dir: Path, splits: tuple[str, ...] = ("hard", "easy"),
                  settings: EvalSettings | None = None) -> dict:  # fmt: skip
@@ -183,7 +229,7 @@ class Demo:
 
         with self.meter.phase("report"):
             report = build_report(self)
-        report["resources"] = self.meter.summary()
+        report["resources"] = {**self.meter.summary(), "processes": self.cfg.processes}
         report["targets"] = targets(report)
         (self.cfg.output / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
         write_markdown(self, report)

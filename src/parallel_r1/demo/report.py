@@ -273,7 +273,16 @@ def resources_md(res: dict | None) -> list[str]:
         "machine and wall time is pessimistic).",
         "",
         f"Phases: {phases}.",
+        *_processes_md(res.get("processes", 1)),
     ]
+
+
+def _processes_md(processes: int) -> list[str]:
+    if processes == 1:
+        return []
+    return ["", f"{processes} processes: the SFT stages ran data-parallel on {processes} processes; the SFT "
+            "stages' checkpoints were evaluated in a background process while the RL stage trained (inside "
+            "the train phase's wall time; the CPU times include the children's)."]
 
 
 def write_markdown(demo, report: dict) -> Path:

@@ -14,6 +14,9 @@ number of metrics lines it covers; sampling and minibatch order are seeded by th
 resumed run therefore writes the same ``metrics.jsonl`` as an uninterrupted one (timing fields aside).
 
 Under ``accelerate launch`` every process runs this; batches are split evenly across processes.
+``first_stages=N`` runs only the first N stages; a later ``resume=True`` runs the rest, with another
+number of processes if wanted: a checkpoint that closes a stage holds no optimiser or data-order state
+the next stage needs (the demo trains its SFT stages on two processes and its GRPO stage on one).
 """
 
 from __future__ import annotations
@@ -113,25 +116,29 @@ def train_main(
 
 
 def run_recipe(recipe: Recipe, output_dir: str | Path, resume: bool = False, *,
-               accelerator: Accelerator | None = None,
-               engine_factory: EngineFactory | None = None) -> RunResult:  # fmt: skip
-    """Run (or resume) every stage of ``recipe`` into ``output_dir``; see the module docstring."""
+               accelerator: Accelerator | None = None, engine_factory: EngineFactory | None = None,
+               first_stages: int | None = None) -> RunResult:  # fmt: skip
+    """Run (or resume) the stages of ``recipe`` (all, or the first ``first_stages``) into ``output_dir``;
+    see the module docstring."""
+    n_stages = len(recipe.stages) if first_stages is None else first_stages
+    assert 1 <= n_stages <= len(recipe.stages), f"first_stages must be in 1..{len(recipe.stages)}, got {first_stages}"
     threads = torch.get_num_threads()
     if recipe.threads is not None:
         torch.set_num_threads(recipe.threads)
     try:
-        return _run(recipe, Path(output_dir), resume, accelerator, engine_factory)
+        return _run(recipe, Path(output_dir), resume, accelerator, engine_factory, n_stages)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run(recipe: Recipe, output: Path, resume: bool, accelerator, engine_factory) -> RunResult:
+def _run(recipe: Recipe, output: Path, resume: bool, accelerator, engine_factory, n_stages: int) -> RunResult:
     dist = Dist(accelerator or Accelerator(cpu=not torch.cuda.is_available()))
     _check_output(output, recipe, resume, dist)
     ckpt = latest_checkpoint(output / "checkpoints") if resume else None
     state = _initial_state(ckpt, dist)
     tokenizer = load_tokenizer(recipe.model, from_dir=str(ckpt / "model") if ckpt else None)
-    texts = [_stage_examples(recipe, i, tokenizer) for i in range(len(recipe.stages))]
+    # only the stages this call runs: their data (and batch split) is all it needs
+    texts = [_stage_examples(recipe, i, tokenizer) for i in range(n_stages)]
     set_seed(recipe.seed)
     model, tag_ids = load_model(recipe.model, tokenizer, recipe.seed, from_dir=str(ckpt / "model") if ckpt else None)
     datasets = [_tokenise(recipe, i, ex, rep, tokenizer, dist) for i, (ex, rep) in enumerate(texts)]
@@ -141,7 +148,7 @@ def _run(recipe: Recipe, output: Path, resume: bool, accelerator, engine_factory
     with _Interrupt() as interrupt:
         run.interrupt = interrupt
         try:
-            for i, stage in enumerate(recipe.stages):
+            for i, stage in enumerate(recipe.stages[:n_stages]):
                 if i >= state.stage_index:
                     run.run_stage(i, stage, datasets[i])
         finally:
@@ -190,10 +197,13 @@ def _initial_state(ckpt: Path | None, dist: Dist) -> TrainerState:
     if ckpt is None:
         return TrainerState(world_size=dist.world_size)
     state = read_state(ckpt)
-    if state.world_size != dist.world_size:
+    if state.world_size != dist.world_size and not state.stage_done:
         raise RecipeError(
             f"{ckpt} was written by {state.world_size} processes; resume it with the same number, not {dist.world_size}"
         )
+    if state.world_size != dist.world_size:  # a stage boundary: only each process's RNG state carries over
+        log.info("%s closes a stage of a %d-process run; continuing with %d", ckpt, state.world_size, dist.world_size)
+        state.world_size = dist.world_size
     if state.stage_done:  # the checkpoint closes a stage: continue with the next one
         state.stage_index, state.stage_step, state.stage_done, state.data_order = state.stage_index + 1, 0, False, {}
     log.info("resuming from %s at global step %d", ckpt, state.global_step)

@@ -1,0 +1,127 @@
+"""``demo --processes 2``: the SFT stages as two data-parallel processes (torchrun, gloo on CPU) give the
+one-process parameters, the GRPO stage resumes in one process from their stage-closing checkpoint, the
+background evaluation gives the in-process result, and a failing child fails the demo with its traceback
+instead of hanging. Real processes, a tiny model built from a config."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from parallel_r1.demo.launch import EvalChild, train_sft_stages
+from parallel_r1.demo.recipes import to_recipe
+from parallel_r1.train.runner import run_recipe
+
+
+def _raw(tok_dir) -> dict:
+    easy = {"factory": "parallel_r1.data.toy:toy_problems", "kwargs": {"split": "easy", "n": 16, "seed": 0}}
+    sft = {"type": "sft", "steps": 3, "batch_size": 8, "micro_batch_size": 2, "max_length": 256,
+           "data": {"factory": "parallel_r1.data.teacher:teacher_traces", "kwargs": {"seed": 0, "problems": easy}},
+           "optimizer": {"lr": 1e-2}}  # fmt: skip
+    return {
+        "model": {"init": "scratch", "tokenizer": str(tok_dir),
+                  "config": {"model_type": "qwen3", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4,
+                             "num_key_value_heads": 2, "head_dim": 8, "intermediate_size": 64,
+                             "max_position_embeddings": 512, "tie_word_embeddings": True}},
+        "stages": [{"name": "a", **sft}, {"name": "b", **copy.deepcopy(sft), "steps": 2},
+                   {"name": "rl", "type": "grpo", "steps": 2, "batch_size": 2, "num_samples": 2,
+                    "data": copy.deepcopy(easy), "reward": {"name": "accuracy"}, "optimizer": {"lr": 1e-3},
+                    "generation": {"max_new_tokens": 24, "max_path_tokens": 8, "max_summary_tokens": 8}}],
+        "checkpoint": {"every": 0, "keep_last": 1},
+        "logging": {"progress": False, "tensorboard": False},
+    }  # fmt: skip
+
+
+def _weights(run_dir, step: int) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "checkpoints" / f"step-{step:06d}" / "model" / "model.safetensors")
+
+
+@pytest.fixture
+def tok_dir(tmp_path):
+    from parallel_r1.data.toy_tokenizer import build_toy_tokenizer
+
+    path = tmp_path / "tok"
+    build_toy_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.mark.slow
+def test_two_process_sft_stages_match_one_process_then_grpo_resumes_in_one(tmp_path, tok_dir):
+    raw = _raw(tok_dir)
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_recipe(to_recipe(raw), one, first_stages=2)
+    train_sft_stages(raw, two, processes=2, threads=1, timeout=300)
+    assert json.loads((two / "run_info.json").read_text())["world_size"] == 2
+    assert not (one / "checkpoints" / "step-000007").exists(), "first_stages=2 must stop before the GRPO stage"
+    for step in (3, 5):  # the end of each SFT stage: same global batch, same update up to summation order
+        w1, w2 = _weights(one, step), _weights(two, step)
+        for name, p in w1.items():
+            torch.testing.assert_close(w2[name], p, atol=2e-5, rtol=1e-4, msg=f"step {step}: {name} differs")
+    losses = [[json.loads(x)["loss"] for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (one, two)]
+    assert len(losses[0]) == 5 and losses[0] == pytest.approx(losses[1], abs=1e-5)
+
+    for run_dir in (one, two):  # the GRPO stage in one process, from the 1- and the 2-process checkpoint
+        run_recipe(to_recipe(raw), run_dir, resume=True)
+        assert json.loads((run_dir / "run_info.json").read_text())["world_size"] == 1
+    rows = [[json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (one, two)]
+    assert [r["stage"] for r in rows[1]] == ["a"] * 3 + ["b"] * 2 + ["rl"] * 2
+    # near-identical SFT weights sample the same rollouts here (seeded by the global step), so RL agrees
+    assert [r["reward_mean"] for r in rows[0][5:]] == pytest.approx([r["reward_mean"] for r in rows[1][5:]], abs=1e-6)
+    w1, w2 = _weights(one, 7), _weights(two, 7)
+    for name, p in w1.items():
+        torch.testing.assert_close(w2[name], p, atol=1e-4, rtol=1e-3, msg=f"after RL: {name} differs")
+
+
+@pytest.mark.slow
+def test_a_failing_training_child_fails_loudly_with_its_traceback(tmp_path, tok_dir):
+    raw = _raw(tok_dir)
+    raw["stages"][0]["data"]["kwargs"]["problems"]["kwargs"]["no_such_argument"] = 1
+    with pytest.raises(RuntimeError, match="2-process SFT training failed") as info:
+        train_sft_stages(raw, tmp_path / "run", processes=2, threads=1, timeout=300)
+    assert "no_such_argument" in str(info.value) and "train-rank0.err" in str(info.value)
+
+
+def test_a_batch_that_does_not_split_is_refused_before_any_process_starts(tmp_path, tok_dir):
+    from parallel_r1.train.config import RecipeError
+
+    raw = _raw(tok_dir)
+    raw["stages"][1]["batch_size"] = 7
+    with pytest.raises(RecipeError, match=r"stages\[1\].batch_size: 7 does not split over 2"):
+        train_sft_stages(raw, tmp_path / "run", processes=2, threads=1)
+    assert not (tmp_path / "run" / "logs").exists()
+
+
+@pytest.mark.slow
+def test_quick_demo_on_two_processes_evaluates_in_the_background_as_in_process(tmp_path):
+    from parallel_r1.demo.pipeline import Demo, DemoConfig
+
+    out = tmp_path / "demo"
+    demo = Demo(DemoConfig(out, quick=True, processes=2))
+    report = demo.run()
+    assert report["config"]["processes"] == 2
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["stage0"] * 40 + ["sft"] * 10 + ["rl"] * 2
+    assert json.loads((out / "run_info.json").read_text())["world_size"] == 1
+    assert "stage0-own-prompt" in (out / "logs" / "eval.log").read_text()  # evaluated by the child
+    again = Demo(DemoConfig(tmp_path / "again", quick=True, processes=1))
+    again.cfg.output.mkdir()
+    checkpoints = demo.results["checkpoints"]
+    for name, stage, settings, got in (("sft", "sft", again.settings, demo.results["eval"]["sft"]),
+                                       ("own", "stage0", again.own, demo.results["stage0_own_prompt"])):  # fmt: skip
+        mine = again.evaluate(name, out / checkpoints[stage] / "model", settings=settings)
+        for split in ("hard", "easy"):
+            assert got[split] == mine[split], (name, split)
+
+def test_a_failing_evaluation_child_raises_with_its_log(tmp_path):
+    from parallel_r1.demo.pipeline import Demo, DemoConfig
+
+    demo = Demo(DemoConfig(tmp_path / "demo", quick=True, processes=2))
+    child = EvalChild(demo, {"stage0": (tmp_path / "no-such-model", demo.settings)}, threads=1)
+    with pytest.raises(RuntimeError, match="background evaluation failed") as info:
+        child.wait(demo.cfg.output)
+    assert "no-such-model" in str(info.value)
