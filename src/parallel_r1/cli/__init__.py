@@ -12,6 +12,7 @@ from parallel_r1 import __version__
 from parallel_r1.bench.engine_command import bench_engine
 from parallel_r1.bench.memory_command import bench_memory
 from parallel_r1.bench.rl import bench_rl
+from parallel_r1.bench.rollout_command import bench_rollout
 from parallel_r1.cli.recipes import recipes
 from parallel_r1.cli.score import score
 from parallel_r1.cli.train import train
@@ -36,6 +37,7 @@ app.add_typer(bench_app, name="bench", short_help="Engine and RL benchmarks (one
 bench_app.command("engine", short_help="Branching engine vs plain decoding vs re-prefill.")(bench_engine)
 bench_app.command("rl", short_help="Our GRPO step vs TRL's GRPOTrainer on the same work.")(bench_rl)
 bench_app.command("memory", short_help="Per-GPU memory of a recipe's stages (computed).")(bench_memory)
+bench_app.command("rollout", short_help="Rollout backends side by side (hf vs vLLM).")(bench_rollout)
 
 app.command("score", short_help="Judge responses: format, blocks, correctness, reward.")(score)
 app.command("train", short_help="Run a training recipe (SFT and GRPO stages).")(train)
