@@ -72,7 +72,7 @@ class VLLMOptions:
 
     gpu_memory_utilization: float = 0.5  # share of GPU memory vLLM may take (weights + KV pool)
     dtype: str = "auto"  # "auto" follows the policy's dtype
-    max_model_len: int | None = None  # default: prompt + response budget of the first call
+    max_model_len: int | None = None  # default: the model config's max_position_embeddings (vLLM's own)
     enable_prefix_caching: bool = True  # paths reuse the shared prefix's KV blocks
     enforce_eager: bool = True  # no CUDA graphs: faster start, and weights can change in place
     sleep_mode: bool = False  # on GPU: free vLLM's memory during the policy update

@@ -34,7 +34,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -46,13 +45,11 @@ from parallel_r1.engine.decoder import lean_plan
 from parallel_r1.engine.kvcache import PAD_OWNER, RowsView, SlotCache
 from parallel_r1.engine.rows import (
     RULE_FREE,
-    RULE_MAIN,
-    RULE_MAIN_NO_BLOCK,
-    RULE_PATH,
-    RULE_SUMMARY,
     Feed,
     RowState,
     TagSet,
+    rule_bans,
+    stop_checker,
 )
 from parallel_r1.engine.sampling import (
     LogitsProcessor,
@@ -96,7 +93,7 @@ class Engine:
 
             tag_ids = lookup_tag_ids(tokenizer)
         self.tag_ids = dict(tag_ids)
-        eos = set(eos_token_ids) if eos_token_ids is not None else _eos_ids(model, tokenizer)
+        eos = set(eos_token_ids) if eos_token_ids is not None else eos_ids(model, tokenizer)
         self.tags = TagSet.from_tag_ids(self.tag_ids, eos)
         head = model.get_output_embeddings()
         self.vocab_size = head.weight.shape[0] if head is not None else model.config.vocab_size  # logits width
@@ -279,43 +276,18 @@ class Engine:
 
     # ---- helpers --------------------------------------------------------------------------------
     def _row_tags(self, config: SamplingConfig) -> TagSet:
-        """The tags rows use: reference compat adds the ids of "\n" (rows module docstring, point 8),
-        encoded without special tokens as the reference's Qwen tokenizer does (a BOS would put a stray
-        token into every block)."""
-        if config.compat != "reference":
-            return self.tags
-        newline = tuple(self.tokenizer.encode("\n", add_special_tokens=False))
-        if not newline:
-            raise ValueError('compat="reference" inserts "\\n" after </Parallel>, but this tokenizer '
-                             'encodes "\\n" to no tokens')
-        return dataclasses.replace(self.tags, newline=newline)
+        return self.tags.for_compat(self.tokenizer, config.compat)
 
     def _rule_bias(self, config: SamplingConfig) -> torch.Tensor:
         """(5, V) additive bias per rule set (rows module docstring, point 2)."""
-        t = self.tags
         bias = torch.zeros((5, self.vocab_size), dtype=torch.float32, device=self.device)
-        others = {
-            RULE_FREE: (),
-            RULE_MAIN: (t.par_close, t.path_open, t.path_close, t.sum_open, t.sum_close),
-            RULE_MAIN_NO_BLOCK: t.all_tags(),
-            RULE_PATH: tuple(x for x in t.all_tags() if x != t.path_close),
-            RULE_SUMMARY: tuple(x for x in t.all_tags() if x != t.sum_close),
-        }
-        for rule, banned in others.items():
+        for rule, banned in rule_bans(self.tags).items():
             if banned:
                 bias[rule, list(banned)] = float("-inf")
         return bias
 
     def _stop_checker(self, config: SamplingConfig) -> Callable[[list[int]], bool] | None:
-        if not config.stop:
-            return None
-        window = max(len(s) for s in config.stop) + 4  # tokens; every token decodes to >= 1 char or less
-
-        def hit(ids: list[int]) -> bool:
-            tail = self.tokenizer.decode(ids[-window:], skip_special_tokens=False)
-            return any(s in tail for s in config.stop)
-
-        return hit
+        return stop_checker(self.tokenizer, config.stop)
 
     def _find_blocks(self, ids: list[int]):
         from parallel_r1.structure import find_blocks
@@ -323,14 +295,19 @@ class Engine:
         return find_blocks(ids, self.tag_ids)
 
     def _check_prompts(self, prompts, num_samples: int) -> None:
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-        for i, prompt in enumerate(prompts):
-            if len(prompt) == 0:
-                raise ValueError(f"prompt {i} is empty")
-            bad = [t for t in prompt if not (0 <= int(t) < self.vocab_size)]
-            if bad:
-                raise ValueError(f"prompt {i} has token ids outside the vocabulary: {bad[:5]}")
+        check_prompts(prompts, num_samples, self.vocab_size)
+
+
+def check_prompts(prompts, num_samples: int, vocab_size: int) -> None:
+    """Fail loud on a bad ``generate`` call: no samples, an empty prompt, ids outside the vocabulary."""
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    for i, prompt in enumerate(prompts):
+        if len(prompt) == 0:
+            raise ValueError(f"prompt {i} is empty")
+        bad = [t for t in prompt if not (0 <= int(t) < vocab_size)]
+        if bad:
+            raise ValueError(f"prompt {i} has token ids outside the vocabulary: {bad[:5]}")
 
 
 class _Sampler:
@@ -397,7 +374,8 @@ def _chunks(prompts: list[tuple[int, ...]], budget: int) -> list[list[tuple[int,
     return groups
 
 
-def _eos_ids(model, tokenizer) -> set[int]:
+def eos_ids(model, tokenizer) -> set[int]:
+    """EOS ids from the model's generation config and the tokenizer (fail loud when there are none)."""
     ids: set[int] = set()
     for source in (getattr(model, "generation_config", None), tokenizer):
         value = getattr(source, "eos_token_id", None)

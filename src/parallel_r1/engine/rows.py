@@ -39,6 +39,8 @@ Rules (where the engine issue left a choice, the choice is stated here):
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -91,6 +93,42 @@ class TagSet:
 
     def all_tags(self) -> tuple[int, ...]:
         return (self.par_open, self.par_close, self.path_open, self.path_close, self.sum_open, self.sum_close)
+
+    def for_compat(self, tokenizer, compat: str) -> TagSet:
+        """The tags rows use: reference compat adds the ids of "\n" (point 8), encoded without special
+        tokens as the reference's Qwen tokenizer does (a BOS would put a stray token into every block)."""
+        if compat != "reference":
+            return self
+        newline = tuple(tokenizer.encode("\n", add_special_tokens=False))
+        if not newline:
+            raise ValueError('compat="reference" inserts "\\n" after </Parallel>, but this tokenizer '
+                             'encodes "\\n" to no tokens')
+        return dataclasses.replace(self, newline=newline)
+
+
+def rule_bans(tags: TagSet) -> dict[int, tuple[int, ...]]:
+    """The tag ids each rule set suppresses (point 2); a backend turns them into its own bias."""
+    t = tags
+    return {
+        RULE_FREE: (),
+        RULE_MAIN: (t.par_close, t.path_open, t.path_close, t.sum_open, t.sum_close),
+        RULE_MAIN_NO_BLOCK: t.all_tags(),
+        RULE_PATH: tuple(x for x in t.all_tags() if x != t.path_close),
+        RULE_SUMMARY: tuple(x for x in t.all_tags() if x != t.sum_close),
+    }
+
+
+def stop_checker(tokenizer, stop: Sequence[str]) -> Callable[[list[int]], bool] | None:
+    """A test of the main chain's ids so far for any of the ``stop`` strings (point 7), or None."""
+    if not stop:
+        return None
+    window = max(len(s) for s in stop) + 4  # tokens; every token decodes to >= 1 char or less
+
+    def hit(ids: list[int]) -> bool:
+        tail = tokenizer.decode(ids[-window:], skip_special_tokens=False)
+        return any(s in tail for s in stop)
+
+    return hit
 
 
 @dataclass
