@@ -14,9 +14,12 @@ A checkpoint is written to ``step-N.tmp`` and renamed when complete; ``checkpoin
 atomically) names the newest complete one, so a kill at any moment leaves a usable checkpoint.
 ``keep_last`` bounds the step checkpoints kept; the one at the end of each stage is never deleted.
 
-Departure: FSDP / DeepSpeed shard the optimiser state; under those backends the optimiser and RNG
-go through ``accelerator.save_state`` (``accelerate/``) instead. That path is not exercised by the
-CPU tests.
+Under FSDP2 (``train/fsdp.py``) ``model/`` is gathered on rank 0 as above, and ``sharded/`` holds the
+model and optimiser shards of every rank (torch distributed checkpoint) in place of ``optimizer.pt``;
+a resume loads both into the freshly sharded model and optimiser (same number of processes), so the
+CPU tests cover it with 2 gloo processes. Departure: accelerate's own FSDP1 / DeepSpeed would put the
+optimiser and RNG through ``accelerator.save_state`` (``accelerate/``); that path is not exercised by
+the CPU tests.
 """
 
 from __future__ import annotations
@@ -33,9 +36,11 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from parallel_r1.train.dist import Dist
+from parallel_r1.train.fsdp import full_state_dict, is_sharded, load_sharded, save_sharded
 from parallel_r1.train.model_io import write_model_record
 
 LATEST = "latest"
+SHARDED_DIR = "sharded"  # FSDP2: model and optimiser shards (torch distributed checkpoint)
 SHARDED_BACKENDS = ("FSDP", "DEEPSPEED")
 
 
@@ -106,7 +111,9 @@ def save_checkpoint(
         write_model_record(tmp / "model", record)
     if ref_model is not None:
         _save_weights(ref_model, None, tmp / "ref", dist)
-    if _sharded(dist):
+    if is_sharded(model):
+        save_sharded(tmp / SHARDED_DIR, model, optimizer)
+    elif _sharded(dist):
         dist.accelerator.save_state(str(tmp / "accelerate"))
     elif dist.is_main:
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -130,7 +137,9 @@ def _sharded(dist: Dist) -> bool:
 
 
 def _save_weights(model, tokenizer, path: Path, dist: Dist) -> None:
-    if dist.accelerator is not None:
+    if is_sharded(model):  # FSDP2: gathered on rank 0, one full copy there
+        state_dict, module = full_state_dict(model), model
+    elif dist.accelerator is not None:
         state_dict = dist.accelerator.get_state_dict(model)  # gathers shards under FSDP / ZeRO-3
         module = dist.accelerator.unwrap_model(model)
     else:
@@ -174,9 +183,12 @@ def read_state(path: Path) -> TrainerState:
     return TrainerState(**json.loads((path / "trainer_state.json").read_text(encoding="utf-8")))
 
 
-def load_training_state(path: Path, optimizer, scheduler, dist: Dist) -> None:
-    """Restore the optimiser, schedule and this process's RNG from checkpoint ``path``."""
-    if _sharded(dist):
+def load_training_state(path: Path, optimizer, scheduler, dist: Dist, model: torch.nn.Module | None = None) -> None:
+    """Restore the optimiser, schedule and this process's RNG from checkpoint ``path`` (and, for an
+    FSDP2-sharded ``model``, its shards: the ones saved with the optimiser state)."""
+    if model is not None and is_sharded(model):
+        load_sharded(path / SHARDED_DIR, model, optimizer)
+    elif _sharded(dist):
         dist.accelerator.load_state(str(path / "accelerate"))
     else:
         state = torch.load(path / "optimizer.pt", map_location=dist.device, weights_only=True)

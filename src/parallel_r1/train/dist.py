@@ -2,7 +2,10 @@
 
 Loops take a ``Dist``; without an ``Accelerator`` it is a single process on the model's device, so
 the loss and update code is testable as plain functions. Under ``accelerate launch`` it forwards to
-the Accelerator (DDP with gloo on CPU, NCCL / FSDP / DeepSpeed on GPUs).
+the Accelerator (DDP with gloo on CPU, NCCL / DeepSpeed on GPUs). With ``sharded`` set (the policy went
+through ``fsdp.shard_model``) the model is FSDP2's, not accelerate's: backward is plain (FSDP2's hooks
+reduce-scatter the gradients, averaged over processes as DDP's all-reduce is), nothing skips that
+reduction, and the gradient norm is taken over the sharded (DTensor) gradients of all processes.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ class Dist:
             self.device = torch.device(device or "cpu")
             self.world_size = 1
             self.rank = 0
+        self.sharded = False  # set by the runner once the model is FSDP2-sharded (train/fsdp.py)
 
     @property
     def is_main(self) -> bool:
@@ -41,7 +45,7 @@ class Dist:
         return bool(self.sum([float(flag)])[0] > 0)
 
     def backward(self, loss: torch.Tensor) -> None:
-        if self.accelerator is not None:
+        if self.accelerator is not None and not self.sharded:
             self.accelerator.backward(loss)
         else:
             loss.backward()
@@ -49,7 +53,7 @@ class Dist:
     @contextlib.contextmanager
     def no_sync(self, model: torch.nn.Module, active: bool) -> Iterator[None]:
         """Skip the gradient all-reduce for all but the last micro-batch of an optimiser step."""
-        if active and self.accelerator is not None and self.world_size > 1:
+        if active and self.accelerator is not None and self.world_size > 1 and not self.sharded:
             with self.accelerator.no_sync(model):
                 yield
         else:
@@ -58,7 +62,10 @@ class Dist:
     def clip_grad_norm(self, params: Iterable[torch.nn.Parameter], max_norm: float | None) -> float:
         """Clip to ``max_norm`` (None: only measure) and return the total norm before clipping."""
         limit = float("inf") if max_norm is None else max_norm
-        if self.accelerator is not None:
+        if self.sharded:  # DTensor gradients: the norm is a DTensor, reduced over processes on demand
+            norm = torch.nn.utils.clip_grad_norm_(list(params), limit)
+            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        elif self.accelerator is not None:
             norm = self.accelerator.clip_grad_norm_(params, limit)
         else:
             norm = torch.nn.utils.clip_grad_norm_(list(params), limit)

@@ -130,7 +130,13 @@ def _keep_kwargs(model: torch.nn.Module, keep: int) -> dict:
 
 def _cache_kwarg(model: torch.nn.Module) -> str | None:
     """``structure.cache_kwarg``, or None when the model has sliding-window layers (their cache
-    drops old keys, so a shared prefix cannot be reused)."""
+    drops old keys, so a shared prefix cannot be reused), or when FSDP2 shards the model (the two
+    forwards of the shared path share one backward, and FSDP2 frees a layer's gathered weights after
+    the first backward through it: the second then finds them gone)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        return None
     if has_sliding_layers(getattr(getattr(model, "module", model), "config", None)):
         return None
     return cache_kwarg(model)

@@ -54,6 +54,7 @@ from parallel_r1.train.data import (
     uses_chat_template,
 )
 from parallel_r1.train.dist import Dist
+from parallel_r1.train.fsdp import CopyBackend, FSDPSettings, gathered_named_tensors, prepare_fsdp
 from parallel_r1.train.metrics import MetricsLog, Progress, truncate_jsonl
 from parallel_r1.train.model_io import load_model, load_tokenizer, model_record
 from parallel_r1.train.optim import build_optimizer, build_scheduler
@@ -298,8 +299,14 @@ class _Run:
 
     def setup_model(self, model) -> None:
         acc = self.dist.accelerator
-        self.model = acc.prepare(model) if acc is not None else model.to(self.dist.device)
-        self.policy = acc.unwrap_model(self.model) if acc is not None else self.model
+        self.rollout_copy = None  # under FSDP: this process's unsharded copy for the rollout backend
+        if acc is not None and FSDPSettings.from_env().enabled:  # train/fsdp.py shards it, not accelerate
+            ahead = self.recipe.stages[self.state.stage_index :]
+            self.model, self.rollout_copy = prepare_fsdp(model, self.dist, ahead)
+            self.policy = self.model
+        else:
+            self.model = acc.prepare(model) if acc is not None else model.to(self.dist.device)
+            self.policy = acc.unwrap_model(self.model) if acc is not None else self.model
         self.model.train()
         build = functools.partial(make_batch, tag_ids=self.tag_ids, mode=self.recipe.mode,
                                   pad_id=self.tokenizer.pad_token_id)  # fmt: skip
@@ -314,7 +321,7 @@ class _Run:
         total = total_steps(stage, data)
         optimizer, scheduler, order = self._stage_state(i, stage, data, total)
         self.ctx.optimizer = optimizer
-        self.ctx.engine = self.engine_factory(self.policy, self.tokenizer, self.tag_ids) if stage.type == "grpo" else None
+        self.ctx.engine = self._rollout_backend() if stage.type == "grpo" else None
         if self.dist.is_main:
             log.info("stage %d %r (%s): steps %d..%d of %d", i, stage.name, stage.type,
                      self.state.stage_step + 1, total, total)  # fmt: skip
@@ -325,9 +332,33 @@ class _Run:
             self._step(i, stage, data, order, optimizer, scheduler, stage_step, total)
         self.progress.stop()
 
+    def _rollout_backend(self):
+        """The GRPO stage's backend: over the live policy, or under FSDP over the rollout copy, which
+        first receives the policy's weights as the stage starts (gathered one tensor at a time)."""
+        if self.rollout_copy is None:
+            return self.engine_factory(self.policy, self.tokenizer, self.tag_ids)
+        inner = self.engine_factory(self.rollout_copy, self.tokenizer, self.tag_ids)
+        backend = CopyBackend(self.rollout_copy, inner)
+        backend.update_weights(gathered_named_tensors(self.policy))
+        if self.dist.is_main:
+            h = backend.last_handover
+            log.info("FSDP weight hand-over to the rollout copy: %.3f s, copy %.1f MB, largest gathered tensor "
+                     "%.1f MB", h["seconds"], h["copy_bytes"] / 2**20, h["peak_gathered_bytes"] / 2**20)  # fmt: skip
+        return backend
+
+    def _grpo_step(self, stage, data, order, stage_step: int, global_step: int) -> dict:
+        """A GRPO step; under FSDP the rollout copy then gets the updated policy, unless the update
+        already handed it over after each optimiser step (same decision on every process)."""
+        backend = self.ctx.engine
+        before = backend.handovers if isinstance(backend, CopyBackend) else None
+        row = grpo_train_step(self.ctx, stage, data, order, stage_step, global_step)
+        if before is not None and row["optimizer_steps"] > 0 and backend.handovers == before:
+            backend.update_weights(gathered_named_tensors(self.policy))
+        return row
+
     def _stage_state(self, i: int, stage, data: StageData, total: int):
         optimizer = build_optimizer(self.model, stage.optimizer)  # the wrapped model: FSDP owns its params
-        if self.dist.accelerator is not None:
+        if self.dist.accelerator is not None and not self.dist.sharded:  # FSDP2: a plain AdamW over DTensors
             optimizer = self.dist.accelerator.prepare(optimizer)
         scheduler = build_scheduler(optimizer, stage.optimizer, total)
         seed = stage.seed if stage.seed is not None else self.recipe.seed + i
@@ -336,7 +367,7 @@ class _Run:
         self.ctx.ref_model = self._reference(stage, mid_stage)
         if self.pending is not None:
             if mid_stage:
-                load_training_state(self.pending, optimizer, scheduler, self.dist)
+                load_training_state(self.pending, optimizer, scheduler, self.dist, model=self.model)
                 order.load_state_dict(self.state.data_order)
             else:
                 restore_rng_of(self.pending, self.dist)
@@ -366,7 +397,7 @@ class _Run:
         if stage.type == "sft":
             row = sft_train_step(self.ctx, stage, data, order, stage_step)
         else:
-            row = grpo_train_step(self.ctx, stage, data, order, stage_step, state.global_step + 1)
+            row = self._grpo_step(stage, data, order, stage_step, state.global_step + 1)
         scheduler.step()
         state.global_step, state.stage_step, state.data_order = state.global_step + 1, stage_step, order.state_dict()
         head = {"stage": stage.name, "step": state.global_step, "stage_step": stage_step, "type": stage.type, "lr": lr}
