@@ -249,3 +249,15 @@ def test_info_and_limits(backends, tok, model):
         backends["vllm"].generate(prompts(tok), 1, cfg(max_new_tokens=2000))
     with pytest.raises(ValueError, match="sleep_mode needs a CUDA GPU"):
         VLLMBackend(model, tok, None, VLLMOptions(sleep_mode=True))
+
+
+def test_many_seeded_requests(backends, tok):
+    """Regression: a round whose prefills exceed one scheduler step (vLLM's default 4096 tokens) split a
+    seeded request's prefill, and vLLM 0.32 on CPU then failed with "CPU Generator does not use offset";
+    the backend now schedules prefills whole on CPU."""
+    tags, config = tag_ids(tok), cfg(mode="seen", max_new_tokens=300, max_path_tokens=40, max_summary_tokens=20,
+                                     num_paths=2, max_blocks=3, seed=1)
+    out = backends["vllm"].generate(prompts(tok) * 4, 8, config)
+    assert len(out) == 96 and sum(r.num_tokens for r in out) > 8000
+    for r in out:
+        check_rollout(r, tok, tags, config)

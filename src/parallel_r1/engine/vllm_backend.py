@@ -92,6 +92,11 @@ class VLLMBackend:
                       max_model_len=opts.max_model_len, enable_sleep_mode=opts.sleep_mode, seed=0)
         if self.device_type == "cpu":
             kwargs["kv_cache_memory_bytes"] = int(opts.kv_cache_gb * GIB)
+            # vLLM 0.32 on CPU crashes ("CPU Generator does not use offset") when a seeded request's
+            # prefill is split over scheduler steps, so prefills are scheduled whole (needs a step
+            # budget of at least max_model_len tokens)
+            longest = opts.max_model_len or getattr(self.model.config, "max_position_embeddings", None) or 8192
+            kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(longest, 8192))
         else:
             kwargs["gpu_memory_utilization"] = opts.gpu_memory_utilization
         return vllm.LLM(**kwargs)
