@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install install-bench install-vllm demo test test-fast test-wheel lint clean
+.PHONY: install install-bench install-vllm demo test test-fast test-wheel gpu-check-cpu lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,12 @@ test-fast: install
 # eval, serve (about 2.5 minutes; CI runs it after `make test`)
 test-wheel:
 	PYTHON=$(PYTHON) TORCH_VERSION=$(TORCH_VERSION) bash scripts/test_wheel.sh
+
+# scripts/gpu_check.py at tiny CPU shapes (the GPU check's steps, under 3 minutes on 2 cores; CI runs
+# it after the tests). The required entries must hold no error; the vLLM ones may (not installed here).
+GPU_CHECK_REQUIRE ?= gpu_tests,bench_engine,flex_vs_dense,bench_rollout.backends.hf
+gpu-check-cpu: install
+	$(BIN)/python scripts/gpu_check.py runs/gpu_check_cpu.json --profile cpu --require $(GPU_CHECK_REQUIRE)
 
 lint: install
 	$(BIN)/ruff check .
