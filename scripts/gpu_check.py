@@ -156,7 +156,7 @@ def _without_launcher_trace(text: str) -> str:
     """The worker's output without torchrun's own traceback and failure banner that follow it."""
     lines = text.splitlines()
     for i, line in enumerate(lines):
-        if "torch/distributed/run.py" in line or "torch.distributed.elastic" in line:
+        if any(s in line for s in ("torch/distributed/run.py", "torch/distributed/elastic", "torch.distributed.elastic")):
             j = i
             while j > 0 and not lines[j].startswith("Traceback"):
                 j -= 1

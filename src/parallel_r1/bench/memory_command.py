@@ -19,7 +19,8 @@ def bench_memory(
     gpus: Annotated[int, typer.Option(help="GPUs (data-parallel ranks)")] = 8,
     gpu_gb: Annotated[float, typer.Option(help="memory per GPU in GiB (an A100 40GB has 40)")] = 40.0,
     headroom: Annotated[float, typer.Option(help="share kept free for CUDA context, NCCL, fragmentation")] = 0.1,
-    rollout_batch: Annotated[int, typer.Option(help="rows the hf engine decodes at once (max_batch_size)")] = 64,
+    rollout_batch: Annotated[int | None, typer.Option(
+        help="rows the hf engine decodes at once (default: the recipe's rollout.hf.max_batch_size)")] = None,
     markdown: Annotated[bool, typer.Option(help="print the README table (8 x 40 and 8 x 80 GB) first")] = False,
 ) -> None:
     """Per-GPU memory of each recipe stage under DDP and FSDP (computed, not measured)."""
@@ -56,21 +57,26 @@ def summary_lines(result: dict) -> list[str]:
     return out
 
 
-def _cell(c: dict) -> str:
-    fit = "fits" if c["fits"] else ("train fits, rollout not" if c["fits_training"] else "no")
-    rows = f"; rollout rows that fit: {c['max_rollout_rows']}" if c["max_rollout_rows"] is not None else ""
-    return f"{c['peak_train']:.1f} / {c['peak_rollout']:.1f}: {fit}{rows}"
+def _verdict(c: dict) -> str:
+    if c["fits"]:
+        return "fits"
+    if c["fits_training"]:
+        return f"train fits; rollout at <= {c['max_rollout_rows']} rows" if c["max_rollout_rows"] else "train fits"
+    return "no"
 
 
 def markdown_table(pairs: list[tuple[dict, dict]], gpus: int) -> str:
-    """One row per recipe stage, with the recipe's own gradient-checkpointing setting; cells are
-    'peak training / peak rollout GiB: verdict' (computed)."""
-    head = (f"| recipe / stage | {gpus} x 40 GB, DDP | {gpus} x 40 GB, FSDP | {gpus} x 80 GB, DDP | "
-            f"{gpus} x 80 GB, FSDP |\n|---|---|---|---|---|")
-    lines = [head]
+    """One row per recipe stage, with the recipe's own gradient-checkpointing setting: peak GiB per GPU
+    (training / rollout, computed; the same on either card) and the verdict per card size and sharding.
+    'rollout at <= N rows': the hf engine must decode at most N rows at once (its max_batch_size)."""
+    lines = [f"| recipe / stage | DDP peak GiB (train / rollout) | FSDP peak GiB (train / rollout) | "
+             f"{gpus} x 40 GB DDP | {gpus} x 40 GB FSDP | {gpus} x 80 GB DDP | {gpus} x 80 GB FSDP |",
+             "|---|---|---|---|---|---|---|"]
     for r40, r80 in pairs:
         suffix = "_ckpt" if r40["gradient_checkpointing"] else ""
         for s40, s80 in zip(r40["stages"], r80["stages"], strict=True):
-            cells = [_cell(s[f"{sh}{suffix}"]) for s in (s40["configs"], s80["configs"]) for sh in ("ddp", "fsdp")]
-            lines.append(f"| {r40['recipe']} / {s40['name']} | " + " | ".join(cells) + " |")
+            ddp, fsdp = s40["configs"][f"ddp{suffix}"], s40["configs"][f"fsdp{suffix}"]
+            peaks = [f"{c['peak_train']:.1f} / {c['peak_rollout']:.1f}" for c in (ddp, fsdp)]
+            verdicts = [_verdict(s["configs"][f"{sh}{suffix}"]) for s in (s40, s80) for sh in ("ddp", "fsdp")]
+            lines.append(f"| {r40['recipe']} / {s40['name']} | " + " | ".join(peaks + verdicts) + " |")
     return "\n".join(lines)

@@ -58,7 +58,7 @@ class RolloutBenchConfig:
     seed: int = 0
 
 
-QUICK = dict(random_size="tiny", vocab_size=128, prompts=4, samples=2, max_new_tokens=48, max_path_tokens=16,
+QUICK = dict(random_size="small", vocab_size=128, prompts=4, samples=2, max_new_tokens=48, max_path_tokens=16,
              prompt_len=16)
 
 

