@@ -41,6 +41,7 @@ from parallel_r1.demo.recipes import (
 from parallel_r1.demo.report import markdown, targets
 from parallel_r1.demo.resources import Meter
 from parallel_r1.demo.teacher_stats import teacher_table
+from parallel_r1.engine.sampling import SamplingConfig
 from parallel_r1.format import TAGS, parse
 from parallel_r1.structure import add_tags
 from parallel_r1.train.config import RecipeError
@@ -217,7 +218,8 @@ def test_evaluate_problems_scores_a_real_tiny_model(tiny_checkpoint):
     torch.manual_seed(0)
     model, tok, tags = load_for_eval(str(tiny_checkpoint))
     problems = heldout_problems("easy", 3)
-    settings = EvalSettings(samples=2, generation={"max_new_tokens": 24, "max_path_tokens": 8, "max_summary_tokens": 4})
+    generation = SamplingConfig(max_new_tokens=24, max_path_tokens=8, max_summary_tokens=4)
+    settings = EvalSettings(samples=2, generation=generation)
     out = evaluate_problems(model, tok, tags, problems, settings)
     assert out["num_problems"] == 3 and out["samples"] == 2
     assert len(out["per_problem_accuracy"]) == 3 and 0.0 <= out["accuracy"] <= 1.0

@@ -126,8 +126,8 @@ def test_first_minibatch_ratio_is_one_and_loss_is_minus_mean_advantage(mode):
     model = tiny_model()
     rollouts = make_rollouts([[1.0, -1.0, 0.5], [0.0, 1.0, 1.0]])
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    cfg = GRPOConfig(minibatch_groups=1, micro_batch_size=2, ppo_epochs=2)
-    stats = grpo_update(model, opt, rollouts, cfg, builder(mode))
+    cfg = GRPOConfig(minibatch_groups=1, ppo_epochs=2)
+    stats = grpo_update(model, opt, rollouts, cfg, builder(mode), micro_batch_size=2)
     first = stats.minibatches[0]
     assert first["ratio_mean"] == 1.0  # policy == old: bit-identical forward
     assert first["clip_fraction"] == 0.0
@@ -155,7 +155,7 @@ def test_update_does_not_depend_on_micro_batch_split():
     for micro in (1, 6):
         model = tiny_model()
         opt = torch.optim.SGD(model.parameters(), lr=1.0)
-        grpo_update(model, opt, rollouts, GRPOConfig(micro_batch_size=micro), builder("unseen"))
+        grpo_update(model, opt, rollouts, GRPOConfig(), builder("unseen"), micro_batch_size=micro)
         params.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert not torch.equal(params[0], torch.cat([p.flatten() for p in tiny_model().parameters()]))
     torch.testing.assert_close(params[0], params[1], atol=1e-6, rtol=0)
@@ -174,7 +174,7 @@ def test_positive_advantage_raises_the_sampled_tokens_probability():
 
     before = sampled_logprob()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    grpo_update(model, opt, rollouts, GRPOConfig(max_grad_norm=None), builder("unseen"))
+    grpo_update(model, opt, rollouts, GRPOConfig(), builder("unseen"), max_grad_norm=None)
     assert sampled_logprob() > before
 
 

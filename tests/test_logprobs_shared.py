@@ -179,8 +179,8 @@ def test_grpo_update_same_with_and_without_sharing(mode):
         model = tiny_model(2)
         ref_model = copy.deepcopy(model).eval()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        cfg = GRPOConfig(micro_batch_size=5, minibatch_groups=2, ppo_epochs=2, kl_coef=0.1, share_prompts=share)
-        stats = grpo_update(model, opt, grpo_rollouts(), cfg, build, ref_model=ref_model)
+        cfg = GRPOConfig(minibatch_groups=2, ppo_epochs=2, kl_coef=0.1, share_prompts=share)
+        stats = grpo_update(model, opt, grpo_rollouts(), cfg, build, micro_batch_size=5, ref_model=ref_model)
         results.append((stats, [p.detach().clone() for p in model.parameters()]))
     (plain, plain_params), (shared, shared_params) = results
     assert shared.optimizer_steps == plain.optimizer_steps == 4
@@ -192,14 +192,12 @@ def test_grpo_update_same_with_and_without_sharing(mode):
 def test_bench_switch_turns_sharing_off():
     """``bench rl --no-share-prompts`` goes through the recipe setting to the update's forward."""
     from parallel_r1.bench.rl_ours import bench_stage
-    from parallel_r1.train.stages import grpo_config
-
     model = tiny_model()
     prompts, responses = rows()
     batch = make_batch(prompts, responses, TAG_IDS, "seen", PAD)
     calls = count_forwards(model)
     for share, forwards in ((False, 1), (True, 3)):
-        cfg = grpo_config(bench_stage(2, 3, 8, 1e-3, 1, share_prompts=share), world_size=1)
+        cfg = bench_stage(2, 3, 8, 1e-3, 1, share_prompts=share).grpo
         assert cfg.share_prompts is share
         response_logprobs(model, batch, share_prompts=cfg.share_prompts)
         assert len(calls) == forwards

@@ -46,12 +46,13 @@ def test_base_recipe_is_typed():
 
 
 def test_share_prompts_reaches_the_update():
-    from parallel_r1.train.stages import grpo_config
+    from parallel_r1.train.grpo import GRPOConfig
 
     stage = recipe_from_dict(copy.deepcopy(BASE)).stages[1]
-    assert grpo_config(stage, world_size=1).share_prompts is True  # default on
+    assert isinstance(stage.grpo, GRPOConfig)  # the update's own settings, filled from the recipe
+    assert stage.grpo.share_prompts is True  # default on
     stage = recipe_from_dict(with_change("stages[1].grpo.share_prompts", False)).stages[1]
-    assert grpo_config(stage, world_size=1).share_prompts is False
+    assert stage.grpo.share_prompts is False
 
 
 @pytest.mark.parametrize(
@@ -103,7 +104,7 @@ def test_scientific_notation_without_a_dot_is_a_float(tmp_path):
 def test_overrides(tmp_path):
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(BASE))
     r = load_recipe(tmp_path / "r.yaml", ["stages[1].steps=7", "seed=3", "stages[1].generation.top_p=0.9"])
-    assert r.stages[1].steps == 7 and r.seed == 3 and r.stages[1].generation["top_p"] == 0.9
+    assert r.stages[1].steps == 7 and r.seed == 3 and r.stages[1].generation.top_p == 0.9
     with pytest.raises(RecipeError, match="does not exist"):
         load_recipe(tmp_path / "r.yaml", ["stages[1].nothing.here=1"])
     with pytest.raises(RecipeError, match="out of range"):
@@ -131,7 +132,7 @@ def test_qwen_recipes_carry_the_paper_hyperparameters():
         assert (sft.type, sft.optimizer.lr, sft.batch_size, sft.epochs, sft.max_length) == ("sft", 1e-5, 128, 5, 4096)
         assert (sft.optimizer.weight_decay, sft.optimizer.warmup_ratio, sft.optimizer.schedule) == (0.01, 0.1, "cosine")
         assert (rl.type, rl.optimizer.lr, rl.num_samples, rl.grpo.kl_coef) == ("grpo", 1e-6, 8, 0.0)
-        assert (rl.max_prompt_tokens, rl.generation["max_new_tokens"]) == (2000, 3000)
+        assert (rl.max_prompt_tokens, rl.generation.max_new_tokens) == (2000, 3000)
     for r in (s1, s2, seen):
         assert r.stages[-1].steps == 300
     assert s1.stages[-1].reward.name == "accuracy" and s1.stages[-1].grpo.clip_high == 0.2

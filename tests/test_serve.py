@@ -296,7 +296,7 @@ def test_cli_serve_binds_loopback_and_answers(model_dir, sig):
         line = proc.stderr.readline()
         while line and "serving" not in line:
             line = proc.stderr.readline()
-        assert "at http://127.0.0.1:" in line and "1 CPU thread, forward: lean)" in line, line
+        assert "at http://127.0.0.1:" in line and "1 CPU thread, backend hf, forward: lean)" in line, line
         port = int(line.rsplit(":", 1)[1].split("/")[0])
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         conn.request("GET", "/v1/models")

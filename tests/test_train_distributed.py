@@ -53,9 +53,9 @@ def _grpo_part(out: Path) -> None:
                                     sample_index=k, reward=reward))  # fmt: skip
     mine = [r for r in rollouts if r.prompt_index % dist.world_size == dist.rank]
     build = functools.partial(make_batch, tag_ids=tag_ids, mode="unseen", pad_id=0)
-    grpo_cfg = GRPOConfig(minibatch_groups=2 // dist.world_size, micro_batch_size=2, ppo_epochs=2)
+    grpo_cfg = GRPOConfig(minibatch_groups=2, ppo_epochs=2)  # groups per step, all processes
     for _ in range(2):
-        stats = grpo_update(model, opt, mine, grpo_cfg, build, dist=dist)
+        stats = grpo_update(model, opt, mine, grpo_cfg, build, micro_batch_size=2, dist=dist)
     if dist.is_main:
         params = {k: v.detach().clone() for k, v in acc.unwrap_model(model).state_dict().items()}
         torch.save({"init": init, "params": params, "stats": stats.as_metrics(), "world_size": dist.world_size},

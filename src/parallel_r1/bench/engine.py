@@ -34,7 +34,9 @@ from dataclasses import asdict, dataclass
 import torch
 from transformers.cache_utils import DynamicCache
 
-from parallel_r1.engine import Engine, SamplingConfig
+from parallel_r1.engine import SamplingConfig
+from parallel_r1.engine.backend import HFOptions, RolloutConfig, make_backend
+from parallel_r1.engine.engine import Engine
 from parallel_r1.engine.sampling import make_generator, sample_tokens
 from parallel_r1.engine.testing import char_tokenizer, random_qwen3
 from parallel_r1.format.tags import PARALLEL_OPEN, PATH_CLOSE, SUMMARY_CLOSE
@@ -73,7 +75,9 @@ def make_shape(quick: bool = False, **overrides) -> BenchShape:
 
 def run_engine_bench(shape: BenchShape, device: str = "cpu", dtype: str = "float32", seed: int = 0,
                      log=print) -> dict:
-    """Run the three methods side by side and return every figure (module docstring)."""
+    """Run the three methods side by side and return every figure (module docstring). The branching
+    methods use the hf backend only: each rollout's shape is forced through its logits-processor hook,
+    which is not part of the backend protocol (``bench rollout`` compares the backends)."""
     torch_dtype = getattr(torch, dtype)
     tokenizer = char_tokenizer(shape.vocab_size)
     model = random_qwen3(len(tokenizer), shape.model_size, seed=seed, dtype=torch_dtype, device=device)
@@ -84,9 +88,10 @@ def run_engine_bench(shape: BenchShape, device: str = "cpu", dtype: str = "float
     log(f"model {shape.model_size}: {params / 1e6:.1f}M params, {dtype} on {device}, "
         f"{torch.get_num_threads()} CPU threads; batch {shape.batch}, prefix {shape.prefix_len}, "
         f"{shape.num_paths} paths x {shape.path_len}, response {shape.response_len} tokens per row")
-    engine = Engine(model, tokenizer, tag_ids=tags, max_batch_size=shape.batch)
-    model_forward = Engine(model, tokenizer, tag_ids=tags, max_batch_size=shape.batch, lean=False)
-    log(f"engine forward: {engine.forward_path}")
+    engine = make_backend(RolloutConfig(hf=HFOptions(max_batch_size=shape.batch)), model, tokenizer, tags)
+    model_forward = make_backend(RolloutConfig(hf=HFOptions(max_batch_size=shape.batch, lean=False)), model, tokenizer,
+                                 tags)  # fmt: skip
+    log(f"engine forward: {engine.info.forward_path}")
     methods = {
         "branching": lambda: _run_branching(engine, prompts, shape, seed),
         "branching_model_forward": lambda: _run_branching(model_forward, prompts, shape, seed),
@@ -106,7 +111,7 @@ def run_engine_bench(shape: BenchShape, device: str = "cpu", dtype: str = "float
         "branching_vs_reprefill": best["reprefill"] / best["branching"],
         "seen_vs_plain": best["plain"] / best["branching_seen"],
         "lean_vs_model_forward": best["branching_model_forward"] / best["branching"],
-        "engine_forward": engine.forward_path,
+        "engine_forward": engine.info.forward_path,
         "unseen_logprob_max_abs_diff": diff,
         "seconds_best": best,
         "seconds_all": seconds,

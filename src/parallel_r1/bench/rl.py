@@ -31,6 +31,8 @@ from typing import Annotated
 
 import typer
 
+from parallel_r1.eval.loading import Backend, backend_problem
+
 OUR_MODES = ("unseen", "sequential")
 
 
@@ -48,6 +50,7 @@ class RLBenchConfig:
     seed: int = 0
     share_prompts: bool = True  # our update computes each group's prompt once (False: the full forward)
     lean: bool = True  # our engine decodes through engine.decoder's lean forward (False: the model's forward)
+    backend: str = "hf"  # our rollout backend (engine.backend): hf | vllm
 
     def __post_init__(self) -> None:
         assert self.mode in OUR_MODES, f"mode must be one of {OUR_MODES}, got {self.mode!r}"
@@ -99,7 +102,7 @@ def _run(cfg: RLBenchConfig, output: Path, log) -> dict:
     log(f"toy model {cfg.model_size}: {params / 1e6:.2f}M params, {cfg.threads} thread(s); {cfg.prompts} prompts x "
         f"{cfg.group} samples x {cfg.completion_len} tokens per step; {cfg.warmup} + {cfg.repeats} A/B steps")
     ours = _our_side(cfg, ours_model, tokenizer, items, output / "ours")
-    log(f"our engine's forward: {ours.engine.forward_path}")
+    log(f"our rollout backend: {ours.engine.info.name}, forward: {ours.engine.info.forward_path}")
     alternate = make_alternate(ours.step)
     trainer = build_trl_trainer(trl_model, tokenizer, texts, answers, group=cfg.group,
                                 completion_len=cfg.completion_len, lr=cfg.lr, steps=cfg.steps, seed=cfg.seed,
@@ -107,7 +110,7 @@ def _run(cfg: RLBenchConfig, output: Path, log) -> dict:
     trl_generate = time_generation(trainer)
     trainer.train()
     ours.close()
-    return _figures(cfg, alternate, trainer, trl_generate, params, log) | {"our_forward": ours.engine.forward_path}
+    return _figures(cfg, alternate, trainer, trl_generate, params, log) | {"our_forward": ours.engine.info.forward_path}
 
 
 def run_rl_profile(cfg: RLBenchConfig, output: Path | None = None, log=print) -> dict:
@@ -128,7 +131,7 @@ def run_rl_profile(cfg: RLBenchConfig, output: Path | None = None, log=print) ->
             for _ in range(cfg.warmup):
                 ours.step()
             profile = profile_our_steps(ours, cfg.repeats)
-            forward = ours.engine.forward_path
+            forward = ours.engine.info.forward_path
             ours.close()
     finally:
         torch.set_num_threads(threads)
@@ -144,8 +147,9 @@ def _our_side(cfg: RLBenchConfig, model, tokenizer, items, output: Path):
     """Our GRPO step on ``model`` (``rl_ours``), set up from the bench settings."""
     from parallel_r1.bench.rl_ours import OurGRPO, bench_stage
 
-    stage = bench_stage(cfg.prompts, cfg.group, cfg.completion_len, cfg.lr, cfg.steps, share_prompts=cfg.share_prompts)
-    return OurGRPO(model, tokenizer, items, stage, cfg.mode, cfg.seed, output, lean=cfg.lean)
+    stage = bench_stage(cfg.prompts, cfg.group, cfg.completion_len, cfg.lr, cfg.steps, share_prompts=cfg.share_prompts,
+                        mode=cfg.mode)  # fmt: skip
+    return OurGRPO(model, tokenizer, items, stage, cfg.mode, cfg.seed, output, lean=cfg.lean, backend=cfg.backend)
 
 
 def _workload(cfg: RLBenchConfig):
@@ -238,12 +242,17 @@ def bench_rl(
     output: Annotated[Path | None, typer.Option(help="keep our metrics.jsonl and TRL's output dir here")] = None,
     profile: Annotated[bool, typer.Option(
         help="instead of the A/B: where our step spends its time, per section (TRL not needed)")] = False,
+    backend: Annotated[Backend, typer.Option(metavar="BACKEND",
+                       help="our rollout backend: hf or vllm (make install-vllm)")] = "hf",
 ) -> None:
     """Our GRPO step vs TRL's GRPOTrainer on the same work (needs TRL: make install-bench); last stdout
     line is one JSON object with vs_trl (our samples/s over TRL's, median of A/B pairs)."""
+    if (problem := backend_problem(backend)) is not None:  # before anything loads
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
     cfg = make_config(quick, model_size=model_size, prompts=prompts, group=group, completion_len=completion_len,
                       repeats=repeats, warmup=warmup, mode=mode, threads=threads, share_prompts=share_prompts,
-                      lean=lean)
+                      lean=lean, backend=backend)
     log = lambda m: print(m, flush=True)  # noqa: E731
     if profile:
         print(json.dumps(run_rl_profile(cfg, output=output, log=log)), flush=True)

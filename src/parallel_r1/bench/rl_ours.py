@@ -5,8 +5,9 @@ metrics, ``grpo_update``) + the learning-rate schedule + one ``metrics.jsonl`` r
 ``train.runner`` does per GRPO step, minus checkpoints and the optional rollout log.
 
 Departures from a recipe run, each to make the comparison with TRL like for like:
-1. The engine is built with no EOS id (``eos_token_ids=()``), so every rollout runs to
-   ``max_new_tokens``; TRL gets ``min_new_tokens = max_new_tokens`` for the same effect.
+1. The hf backend is built with no EOS id (``HFOptions(eos_token_ids=[])``), so every rollout runs
+   to ``max_new_tokens``; TRL gets ``min_new_tokens = max_new_tokens`` for the same effect. (The vllm
+   backend has no such option: its rollouts may end early.)
 2. ``max_blocks = 0``: in unseen mode the model may not open a ``<Parallel>`` block, so the work
    is plain decoding (sequential mode samples tags as ordinary tokens and trains causally).
 3. Prompts are taken in data order (TRL's ``shuffle_dataset=False``), so step k of both sides
@@ -23,12 +24,14 @@ from pathlib import Path
 import torch
 
 from parallel_r1.bench.rl import OUR_MODES
-from parallel_r1.engine.engine import Engine
+from parallel_r1.engine.backend import HFOptions, RolloutConfig, make_backend
+from parallel_r1.engine.sampling import SamplingConfig
 from parallel_r1.structure import tag_ids as tag_ids_of
 from parallel_r1.train.batching import make_batch
-from parallel_r1.train.config import DataConfig, GRPOSettings, GRPOStage, OptimizerConfig, RewardConfig
+from parallel_r1.train.config import DataConfig, GRPOStage, OptimizerConfig, RewardConfig
 from parallel_r1.train.data import DataReport
 from parallel_r1.train.dist import Dist
+from parallel_r1.train.grpo import GRPOConfig
 from parallel_r1.train.metrics import MetricsLog
 from parallel_r1.train.optim import build_optimizer, build_scheduler
 from parallel_r1.train.stages import PromptItem, StageData, StepContext, grpo_train_step
@@ -50,7 +53,7 @@ class InOrder:
 
 
 def bench_stage(prompts: int, group: int, completion_len: int, lr: float, steps: int,
-                reward: str = "accuracy", share_prompts: bool = True) -> GRPOStage:
+                reward: str = "accuracy", share_prompts: bool = True, mode: str = "unseen") -> GRPOStage:
     """The GRPO stage both sides share: one epoch, one minibatch, one micro-batch, no KL, no dual clip,
     constant lr without weight decay, temperature 1 without top-k / top-p. ``share_prompts=False``:
     our update without prompt sharing, for a before/after."""
@@ -59,10 +62,10 @@ def bench_stage(prompts: int, group: int, completion_len: int, lr: float, steps:
         optimizer=OptimizerConfig(lr=lr, weight_decay=0.0, schedule="constant", max_grad_norm=1.0),
         reward=RewardConfig(name=reward), batch_size=prompts, num_samples=group,
         micro_batch_size=prompts * group,
-        generation={"temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": completion_len,
-                    "max_blocks": 0},
-        grpo=GRPOSettings(clip_low=0.2, clip_high=0.2, clip_ratio_c=None, normalize_std=True, kl_coef=0.0,
-                          ppo_epochs=1, minibatch_groups=None, share_prompts=share_prompts),
+        generation=SamplingConfig(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=completion_len,
+                                  max_blocks=0, mode=mode),
+        grpo=GRPOConfig(clip_low=0.2, clip_high=0.2, clip_ratio_c=None, normalize_std=True, kl_coef=0.0,
+                        ppo_epochs=1, minibatch_groups=None, share_prompts=share_prompts),
     )  # fmt: skip
 
 
@@ -70,7 +73,7 @@ class OurGRPO:
     """Holds the step context of one bench run; ``step()`` runs and logs one GRPO step."""
 
     def __init__(self, model: torch.nn.Module, tokenizer, items: Sequence[PromptItem], stage: GRPOStage,
-                 mode: str, seed: int, output: Path, lean: bool = True) -> None:
+                 mode: str, seed: int, output: Path, lean: bool = True, backend: str = "hf") -> None:
         assert mode in OUR_MODES, f"mode must be one of {OUR_MODES}, got {mode!r}"
         tags = tag_ids_of(tokenizer)
         build = functools.partial(make_batch, tag_ids=tags, mode="seen" if mode == "sequential" else mode,
@@ -80,7 +83,9 @@ class OurGRPO:
         self.stage = stage
         self.optimizer = build_optimizer(model, stage.optimizer)
         self.scheduler = build_scheduler(self.optimizer, stage.optimizer, stage.steps)
-        self.engine = Engine(model, tokenizer, tag_ids=tags, eos_token_ids=(), lean=lean)
+        # no EOS: every completion runs to its full length, as TRL's side is set up to (bench.rl_trl)
+        rollout = RolloutConfig(backend=backend, hf=HFOptions(max_batch_size=64, lean=lean, eos_token_ids=[]))
+        self.engine = make_backend(rollout, model, tokenizer, tags)
         self.ctx = StepContext(model, model, tokenizer, tags, build, dist, seed, mode, self.optimizer, self.engine)
         self.data = StageData(list(items), DataReport("bench"))
         self.order = InOrder(len(items))
@@ -100,4 +105,5 @@ class OurGRPO:
         return row
 
     def close(self) -> None:
+        self.engine.close()
         self.metrics.close()

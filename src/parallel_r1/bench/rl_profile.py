@@ -82,7 +82,7 @@ def profile_our_steps(ours, steps: int) -> dict:
     ctx = ours.ctx
     targets = [
         (ctx.engine, "generate", lambda f: timer.wrap("generation", f)),
-        (stages, "judge_many", lambda f: timer.wrap("rewards", f)),
+        (stages, "reward_rollouts", lambda f: timer.wrap("rewards", f)),
         (stages, "rollout_metrics", lambda f: timer.wrap("rollout_metrics", f)),
         (grpo, "_batch", lambda f: timer.wrap("batch_build", f)),
         (grpo, "response_logprobs", lambda f: timer.wrap(fwd_label, f)),

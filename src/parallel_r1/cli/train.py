@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from parallel_r1.eval.loading import Backend
+
 
 def train(
     recipe_path: Annotated[Path, typer.Argument(metavar="RECIPE", help="YAML recipe file, or a bundled recipe's name (parallel-r1 recipes)")],
@@ -16,6 +18,8 @@ def train(
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="override a recipe entry, e.g. stages[1].steps=10")
     ] = None,
+    backend: Annotated[Backend | None, typer.Option(metavar="BACKEND", help="rollout backend of the GRPO stages: "
+                                                    "hf or vllm (default: the recipe's rollout.backend)")] = None,
 ) -> None:
     """Run a training recipe: its stages in order, checkpoints under OUTPUT/checkpoints/, metrics.jsonl.
 
@@ -27,4 +31,4 @@ def train(
     """
     from parallel_r1.train.runner import train_main
 
-    train_main(recipe_path, output, resume=resume, overrides=overrides)
+    train_main(recipe_path, output, resume=resume, overrides=overrides, backend=backend)

@@ -9,6 +9,7 @@ import typer
 
 from parallel_r1.demo.data import EVAL_SIZE
 from parallel_r1.demo.recipes import DEFAULT_RECIPE
+from parallel_r1.eval.loading import Backend, backend_problem
 
 
 def demo(
@@ -34,6 +35,8 @@ def demo(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Recipe override key.path=value (repeatable).")
     ] = None,
+    backend: Annotated[Backend, typer.Option(metavar="BACKEND", help="Rollout backend of RL and evaluation: hf "
+                                             "(the branching engine) or vllm (make install-vllm).")] = "hf",
 ) -> None:
     """Pretrain a tiny model, cold-start SFT on scripted-teacher traces, GRPO with the alternating
     reward; evaluate every stage on held-out problems; write DIR/model, DIR/report.{json,md}, plots."""
@@ -43,10 +46,16 @@ def demo(
     from parallel_r1.demo.pipeline import DemoConfig, run_demo
     from parallel_r1.train.config import RecipeError
 
+    if (problem := backend_problem(backend)) is not None:  # before anything loads
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
+    # the recipe's rollout section (the demo recipe has none; a --set of it comes after and wins)
+    overrides = (() if backend == "hf" else (f"rollout={{backend: {backend}}}",)) + tuple(set_ or ())
     cfg = DemoConfig(
         output=output, seed=seed, quick=quick, ablation=ablation, recipe=recipe,
         ablation_seeds=tuple(range(ablation_seeds)), eval_problems=eval_problems,
-        eval=replace(EvalSettings(), samples=1 if quick else eval_samples), overrides=tuple(set_ or ()), threads=threads,
+        eval=replace(EvalSettings(), samples=1 if quick else eval_samples, backend=backend), overrides=overrides,
+        threads=threads,
         **({} if processes is None else {"processes": processes}),
     )  # fmt: skip
     try:

@@ -97,7 +97,7 @@ class Demo:
         rl = self.recipe.stages[-1]
         template = template_text(rl.prompt, f"stages[{len(self.names) - 1}].prompt")
         # every checkpoint is evaluated as the final RL stage samples (prompt, budgets, temperature, mode)
-        self.settings = replace(cfg.eval, template=template, generation=dict(rl.generation), mode=self.recipe.mode)
+        self.settings = replace(cfg.eval, template=template, generation=rl.generation, mode=self.recipe.mode)
         self.results: dict = {}
         self.heldout = {s: heldout_problems(s, cfg.eval_problems) for s in ("hard", "easy")}
 

@@ -19,9 +19,10 @@ Backends: ``hf`` (``engine.Engine``, exact in every mode; the default) and ``vll
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import importlib.util
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, get_args, runtime_checkable
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 import torch
 
@@ -60,6 +61,8 @@ class HFOptions:
 
     max_batch_size: int = 64  # rows decoded at once
     lean: bool = True  # the lean Llama-family forward where the model allows it (engine.decoder)
+    # None: from the model's generation config and tokenizer; []: never stop at EOS (fixed-length benches)
+    eos_token_ids: list[int] | None = None
 
     def validate(self, path: str = "rollout.hf") -> None:
         if self.max_batch_size < 1:
@@ -102,13 +105,30 @@ class RolloutConfig:
         self.vllm.validate(f"{path}.vllm")
 
 
+class BackendUnavailable(RuntimeError):
+    """The chosen backend's package is not installed; the message is the one line to show."""
+
+
+def check_backend_available(config: RolloutConfig) -> None:
+    """Fail before any model loads when ``config`` names a backend whose package is missing."""
+    config.validate()
+    if config.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise BackendUnavailable("vLLM is not installed: run `make install-vllm`")
+
+
+# (model, tokenizer, tag_ids) -> the backend bound to that live policy: what the trainer asks for
+BackendFactory = Callable[[Any, Any, dict[str, int] | None], RolloutBackend]
+
+
 def make_backend(config: RolloutConfig, model, tokenizer, tag_ids: dict[str, int] | None = None) -> RolloutBackend:
     """The backend ``config`` names, bound to ``model`` (the live policy) and its tokenizer."""
-    config.validate()
+    check_backend_available(config)
     if config.backend == "vllm":
         from parallel_r1.engine.vllm_backend import VLLMBackend  # optional install: imported on demand
 
         return VLLMBackend(model, tokenizer, tag_ids, config.vllm)
     from parallel_r1.engine.engine import Engine
 
-    return Engine(model, tokenizer, tag_ids, max_batch_size=config.hf.max_batch_size, lean=config.hf.lean)
+    hf = config.hf
+    return Engine(model, tokenizer, tag_ids, max_batch_size=hf.max_batch_size, lean=hf.lean,
+                  eos_token_ids=hf.eos_token_ids)

@@ -30,7 +30,15 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from parallel_r1.eval.loading import Compat, DType, Mode, PromptSettings, choose_settings
+from parallel_r1.eval.loading import (
+    Backend,
+    Compat,
+    DType,
+    Mode,
+    PromptSettings,
+    backend_problem,
+    choose_settings,
+)
 from parallel_r1.eval.run import EvalConfig, evaluate, prepare
 from parallel_r1.eval.scoring import ScorerChoice
 
@@ -48,13 +56,13 @@ class RichProgress:
 
 def run_eval(cfg: EvalConfig, output: Path, responses: Path | None, fresh: bool, method: str,
              device: str | None, dtype: str, show_progress: bool = True,
-             settings: PromptSettings | None = None) -> dict:
+             settings: PromptSettings | None = None, backend: Backend = "hf") -> dict:
     """Check everything, load the model, run, print the tables; returns the result.
 
     ``settings`` (``loading.choose_settings``) gives the template and where the prompt, chat and mode
     came from; without it ``cfg.prompt`` is loaded and every setting counts as given."""
     from parallel_r1.data.prompts import load_template
-    from parallel_r1.engine import Engine
+    from parallel_r1.engine.backend import HFOptions, RolloutBackend, RolloutConfig, make_backend
     from parallel_r1.eval.loading import load_model, load_tokenizer, uses_chat
     from parallel_r1.eval.resume import ResumeState
     from parallel_r1.eval.table import details_table, disagreement_lines, markdown_table
@@ -66,9 +74,10 @@ def run_eval(cfg: EvalConfig, output: Path, responses: Path | None, fresh: bool,
     state = ResumeState(output, cfg.fingerprint(template), fresh=fresh, config=config)
     runs = prepare(cfg, template, tokenizer, cfg.chat)
 
-    def engine_factory() -> Engine:
+    def engine_factory() -> RolloutBackend:
         loaded = load_model(cfg.model, device, dtype)
-        return Engine(loaded.model, loaded.tokenizer, loaded.tag_ids, max_batch_size=cfg.batch_size)
+        rollout = RolloutConfig(backend=backend, hf=HFOptions(max_batch_size=cfg.batch_size))
+        return make_backend(rollout, loaded.model, loaded.tokenizer, loaded.tag_ids)
 
     console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -109,7 +118,9 @@ def eval_command(
                                                         "not opened.")] = 4,
     seed: Annotated[int, typer.Option(help="Base seed of every benchmark's samples (same seed, same samples).")] = 0,
     limit: Annotated[int | None, typer.Option(min=1, help="First N problems of each benchmark (toy sets: N problems).")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Rows the engine decodes at once.")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Rows the engine decodes at once (hf backend).")] = 64,
+    backend: Annotated[Backend, typer.Option(metavar="BACKEND", help="Rollout backend: hf (the branching "
+                                                 "engine) or vllm (make install-vllm).")] = "hf",
     chat: Annotated[bool | None, typer.Option("--chat/--no-chat", help="Chat template (default: the model's "
                                                                    "record, else when the tokenizer has one).")] = None,
     responses: Annotated[Path | None, typer.Option(help="JSONL of judged responses (default: OUTPUT with the suffix "
@@ -127,6 +138,9 @@ def eval_command(
 
     Prompt, chat and mode default to what the model directory recorded in training (parallel_r1.json).
     """
+    if (problem := backend_problem(backend)) is not None:  # before anything loads
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
     if threads is not None:
         import torch
 
@@ -142,7 +156,7 @@ def eval_command(
         )
         responses = responses if responses is not None else output.with_suffix(".responses.jsonl")
         run_eval(cfg, output, responses, fresh, name or Path(model.rstrip("/")).name, device, dtype, progress,
-                 settings)
+                 settings, backend)
     except (ValueError, OSError) as exc:  # bad input: a model, file, setting or stored result
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

@@ -25,6 +25,19 @@ DType = Literal["auto", "float32", "bfloat16", "float16"]
 Mode = Literal["unseen", "seen", "sequential"]
 MODES = get_args(Mode)  # = engine.sampling.MODES, kept here so --help needs no torch
 Compat = Literal["ours", "reference"]  # = engine.sampling.Compat, kept here so --help needs no torch
+Backend = Literal["hf", "vllm"]  # = engine.backend.BackendName, kept here so --help needs no torch
+
+
+def backend_problem(backend: str) -> str | None:
+    """The one line to show when rollout backend ``backend`` cannot run here (its package is not
+    installed), else None; the commands check it before loading anything."""
+    from parallel_r1.engine.backend import BackendUnavailable, RolloutConfig, check_backend_available
+
+    try:
+        check_backend_available(RolloutConfig(backend=backend))
+    except BackendUnavailable as e:
+        return str(e)
+    return None
 
 
 class ModelLoadError(ValueError):

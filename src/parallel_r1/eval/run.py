@@ -22,12 +22,16 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from parallel_r1.data.problem import Problem
 from parallel_r1.eval.loading import encode_prompt
 from parallel_r1.eval.metrics import SampleRecord, average_metrics, benchmark_metrics
 from parallel_r1.eval.resume import RUN_ONLY_KEYS, ResumeState
 from parallel_r1.eval.scoring import average_by_scorer, judge_with, line_fields, scorer_metrics, scorer_names
+
+if TYPE_CHECKING:
+    from parallel_r1.engine.backend import RolloutBackend
 
 CHUNK_ROWS_FACTOR = 4  # rows per generate call = factor x engine batch rows: finished rows get refilled
 
@@ -168,8 +172,9 @@ def sample_benchmark(engine, run: BenchmarkRun, cfg: EvalConfig, on_chunk: Calla
     for c, start in enumerate(range(0, len(run.prompts), per_call)):
         problems = run.problems[start : start + per_call]
         sampling = cfg.sampling(chunk_seed(cfg.seed, run.spec.name, c))
-        rollouts = engine.generate(run.prompts[start : start + per_call], run.spec.samples, sampling,
-                                   logits_processors=logits_processors)
+        # processors (tests' scripted policies) are the branching engine's hook, not the backend protocol's
+        extra = {"logits_processors": logits_processors} if logits_processors else {}
+        rollouts = engine.generate(run.prompts[start : start + per_call], run.spec.samples, sampling, **extra)
         golds = [problems[r.prompt_index].answer for r in rollouts]
         verdicts = judge_with(names, [r.text for r in rollouts], golds)
         for i, rollout in enumerate(rollouts):
@@ -217,29 +222,33 @@ class ResponsesFile:
                 f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
-def evaluate(engine_factory: Callable[[], object], runs: list[BenchmarkRun], cfg: EvalConfig, state: ResumeState,
+def evaluate(engine_factory: Callable[[], RolloutBackend], runs: list[BenchmarkRun], cfg: EvalConfig, state: ResumeState,
              responses: Path | None, progress=None, logits_processors: Sequence = ()) -> dict:
     """Run the benchmarks not finished in ``state``; write the final result; return it.
 
     ``engine_factory`` is called once, at the first benchmark that needs sampling (so a finished
-    run only reprints its table without loading the model)."""
+    run only reprints its table without loading the model); the backend is closed at the end."""
     reuse = {r.spec.name: state.finished(r.spec.name, r.spec.samples, problems_digest(r.problems)) for r in runs}
     out = ResponsesFile(responses, {name for name, m in reuse.items() if m is not None})
     results, engine = {}, None
-    for run in runs:
-        name = run.spec.name
-        if reuse[name] is not None:
-            results[name] = reuse[name]
-            continue
-        engine = engine if engine is not None else engine_factory()
-        on_chunk = progress.start(name, len(run.problems)) if progress is not None else None
-        records, rows = sample_benchmark(engine, run, cfg, on_chunk, logits_processors)
-        metrics = {"source": run.spec.source, "data_digest": problems_digest(run.problems)}
-        metrics.update(benchmark_metrics(records))
-        metrics.update(scorer_metrics(records, rows, scorer_names(cfg.scorer)))
-        out.append(rows)
-        state.record(name, metrics)
-        results[name] = metrics
+    try:
+        for run in runs:
+            name = run.spec.name
+            if reuse[name] is not None:
+                results[name] = reuse[name]
+                continue
+            engine = engine if engine is not None else engine_factory()
+            on_chunk = progress.start(name, len(run.problems)) if progress is not None else None
+            records, rows = sample_benchmark(engine, run, cfg, on_chunk, logits_processors)
+            metrics = {"source": run.spec.source, "data_digest": problems_digest(run.problems)}
+            metrics.update(benchmark_metrics(records))
+            metrics.update(scorer_metrics(records, rows, scorer_names(cfg.scorer)))
+            out.append(rows)
+            state.record(name, metrics)
+            results[name] = metrics
+    finally:
+        if engine is not None:
+            engine.close()
     average = {**average_metrics(results), "by_scorer": average_by_scorer(results, scorer_names(cfg.scorer))}
     result = {"benchmarks": results, "average": average, "config": state.config}
     state.finish(result)

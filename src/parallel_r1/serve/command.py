@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from parallel_r1.eval.loading import Compat, DType, Mode
+from parallel_r1.eval.loading import Backend, Compat, DType, Mode, backend_problem
 
 
 def _is_loopback(host: str) -> bool:
@@ -62,7 +62,9 @@ def serve(
     default_max_tokens: Annotated[int, typer.Option(min=1, help="max_tokens when a request gives none.")] = 512,
     max_n: Annotated[int, typer.Option(min=1, help="Largest n a request may ask for.")] = 16,
     batch_window_ms: Annotated[float, typer.Option(min=0.0, help="How long to gather requests into one engine call.")] = 10.0,
-    max_batch_size: Annotated[int, typer.Option(min=1, help="Rows the engine decodes at once.")] = 64,
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Rows the engine decodes at once (hf backend).")] = 64,
+    backend: Annotated[Backend, typer.Option(metavar="BACKEND", help="Rollout backend: hf (the branching "
+                                             "engine) or vllm (make install-vllm).")] = "hf",
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda when available).")] = None,
     dtype: Annotated[DType, typer.Option(metavar="DTYPE", help="auto, float32, bfloat16 or float16; auto: "
                                                                "bfloat16 on a GPU, else float32.")] = "auto",
@@ -78,12 +80,15 @@ def serve(
     """Serve MODEL over an OpenAI-compatible API (/v1/models, /v1/completions, /v1/chat/completions)."""
     import torch
 
-    from parallel_r1.engine.engine import Engine
+    from parallel_r1.engine.backend import HFOptions, RolloutConfig, make_backend
     from parallel_r1.eval.loading import choose_settings, load_model
     from parallel_r1.serve.app import ServeOptions
     from parallel_r1.serve.http import OpenAIServer
     from parallel_r1.serve.protocol import Limits
 
+    if (problem := backend_problem(backend)) is not None:  # before anything loads
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
     if default_max_tokens > max_tokens_limit:
         raise typer.BadParameter(f"--default-max-tokens {default_max_tokens} exceeds --max-tokens-limit {max_tokens_limit}")
     if api_key is not None and not api_key.strip():
@@ -96,7 +101,8 @@ def serve(
         settings = choose_settings(model, prompt, chat, mode, default_prompt=None)
         mode = settings.mode
         loaded = load_model(model, device, dtype)
-        engine = Engine(loaded.model, loaded.tokenizer, loaded.tag_ids, max_batch_size=max_batch_size)
+        rollout = RolloutConfig(backend=backend, hf=HFOptions(max_batch_size=max_batch_size))
+        engine = make_backend(rollout, loaded.model, loaded.tokenizer, loaded.tag_ids)
         limits = Limits(max_n=max_n, max_tokens=max_tokens_limit, default_max_tokens=default_max_tokens)
         options = ServeOptions(
             model_name=served_model_name or Path(model.rstrip("/")).name, limits=limits, mode=mode, compat=compat,
@@ -111,9 +117,10 @@ def serve(
         raise typer.Exit(1) from exc
     _stop_on_signals()
     n = torch.get_num_threads()
-    where = f"{n} CPU thread{'s' * (n != 1)}" if engine.device.type == "cpu" else str(engine.device)
+    info = engine.info
+    where = f"{n} CPU thread{'s' * (n != 1)}" if info.device == "cpu" else info.device
     typer.echo(f"serving {options.model_name} ({mode}, compat {compat}, {num_paths} paths, {where}, "
-               f"forward: {engine.forward_path}) "
+               f"backend {info.name}, forward: {info.forward_path}) "
                f"at {server.url}/v1", err=True)
     typer.echo(settings.describe(), err=True)
     try:
@@ -123,6 +130,7 @@ def serve(
     finally:
         server.httpd.server_close()
         server.app.batcher.stop()
+        engine.close()
     _exit_now()
 
 

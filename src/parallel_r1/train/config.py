@@ -18,17 +18,38 @@ without this layer importing it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import yaml
 
 from parallel_r1 import recipes as bundled
 from parallel_r1.files import read_text
+
+if TYPE_CHECKING:  # imported when a recipe is built (_layer_types), so the CLI starts without torch
+    from parallel_r1.engine.backend import RolloutConfig
+    from parallel_r1.engine.sampling import SamplingConfig
+    from parallel_r1.train.grpo import GRPOConfig
+
+
+@functools.cache
+def _layer_types() -> dict[str, type]:
+    """The recipe sections whose dataclasses live with the code that uses them (engine, GRPO update)."""
+    from parallel_r1.engine.backend import RolloutConfig
+    from parallel_r1.engine.sampling import SamplingConfig
+    from parallel_r1.train.grpo import GRPOConfig
+
+    return {"RolloutConfig": RolloutConfig, "SamplingConfig": SamplingConfig, "GRPOConfig": GRPOConfig}
+
+
+def _default(name: str):
+    """A dataclass field defaulting to a fresh ``name`` from ``_layer_types``."""
+    return field(default_factory=lambda: _layer_types()[name]())
 
 
 class RecipeError(ValueError):
@@ -92,18 +113,6 @@ class RewardConfig:
 
 
 @dataclass
-class GRPOSettings:
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    clip_ratio_c: float | None = 3.0
-    normalize_std: bool = True
-    kl_coef: float = 0.0
-    ppo_epochs: int = 1
-    minibatch_groups: int | None = None  # prompts per optimiser step; None = the whole batch
-    share_prompts: bool = True  # compute a prompt shared by rows of a micro-batch once (exact; train/logprobs.py)
-
-
-@dataclass
 class SFTStage:
     name: str
     type: Literal["sft"]
@@ -131,8 +140,9 @@ class GRPOStage:
     num_samples: int = 8  # rollouts per prompt (the group)
     max_prompt_tokens: int = 2000  # longer prompts are skipped and counted
     micro_batch_size: int = 4
-    generation: dict = field(default_factory=dict)  # engine SamplingConfig fields
-    grpo: GRPOSettings = field(default_factory=GRPOSettings)
+    # the sampling settings; ``mode`` comes from the recipe and ``seed`` from each step, never from here
+    generation: SamplingConfig = _default("SamplingConfig")
+    grpo: GRPOConfig = _default("GRPOConfig")  # the update's settings (train/grpo.py)
     seed: int | None = None
 
 
@@ -165,6 +175,7 @@ class Recipe:
     threads: int | None = None
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    rollout: RolloutConfig = _default("RolloutConfig")  # the GRPO stages' rollout backend
 
 
 # --- loading -----------------------------------------------------------------------------------------
@@ -200,6 +211,9 @@ def read_yaml(path: Path, what: str = "recipe") -> dict:
 
 def recipe_from_dict(raw: Any) -> Recipe:
     recipe = _fill(Recipe, raw, "")
+    for stage in recipe.stages:  # the recipe's mode is every stage's sampling mode
+        if stage.type == "grpo":
+            stage.generation = dataclasses.replace(stage.generation, mode=recipe.mode)
     validate(recipe)
     return recipe
 
@@ -251,7 +265,7 @@ def _fill(cls: type, raw: Any, path: str):
     """Build dataclass ``cls`` from a mapping, checking keys and value types (errors name ``path``)."""
     if not isinstance(raw, dict):
         raise RecipeError(f"{path or 'recipe'}: expected a mapping, got {type(raw).__name__} {raw!r}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, localns=_layer_types())
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
         if key not in names:
@@ -285,9 +299,33 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise RecipeError(f"{path}: expected a list of {len(args)} values, got {value!r}")
         return tuple(_coerce(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if tp is _layer_types()["SamplingConfig"]:
+        return _generation(value, path)
     if dataclasses.is_dataclass(tp):
         return _fill(tp, value, path)
     return _scalar(tp, value, path)
+
+
+def _generation(raw: Any, path: str) -> SamplingConfig:
+    """A stage's ``generation`` mapping as a ``SamplingConfig``: keys and types checked here, ranges by
+    ``SamplingConfig`` itself; ``mode`` and ``seed`` are not recipe settings of a stage."""
+    SamplingConfig = _layer_types()["SamplingConfig"]  # noqa: N806 - the class, imported on demand
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: expected a mapping, got {type(raw).__name__} {raw!r}")
+    hints = typing.get_type_hints(SamplingConfig)
+    valid = [f.name for f in dataclasses.fields(SamplingConfig) if f.name not in ("mode", "seed")]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in valid:
+            hint = " (set by the recipe's mode / seed)" if key in ("mode", "seed") else ""
+            raise RecipeError(f"{path}.{key}: unknown generation setting{hint}; valid: {', '.join(valid)}")
+        # stop: one string or a list of them (SamplingConfig normalises both to a tuple)
+        tp = list[str] | str | None if key == "stop" else hints[key]
+        kwargs[key] = _coerce(tp, value, f"{path}.{key}")
+    try:
+        return SamplingConfig(**kwargs)
+    except ValueError as e:
+        raise RecipeError(f"{path}: {e}") from None
 
 
 def _coerce_union(args: tuple, value: Any, path: str) -> Any:
@@ -298,7 +336,7 @@ def _coerce_union(args: tuple, value: Any, path: str) -> Any:
     options = [a for a in args if a is not type(None)]
     stages = [a for a in options if dataclasses.is_dataclass(a) and "type" in a.__dataclass_fields__]
     if stages:  # a tagged union: pick the dataclass by its "type" key
-        kinds = {typing.get_args(typing.get_type_hints(a)["type"])[0]: a for a in stages}
+        kinds = {typing.get_args(typing.get_type_hints(a, localns=_layer_types())["type"])[0]: a for a in stages}
         kind = value.get("type") if isinstance(value, dict) else None
         if kind not in kinds:
             raise RecipeError(f"{path}.type: bad value {kind!r}; valid: {', '.join(kinds)}")
@@ -361,9 +399,13 @@ def validate(recipe: Recipe) -> None:
         if stage.type == "sft":
             _validate_sft(stage, path)
         else:
-            _validate_grpo(stage, path, recipe.mode)
+            _validate_grpo(stage, path)
     _positive(recipe.checkpoint, ("keep_last",), "checkpoint")
     _positive(recipe, ("threads",), "")
+    try:
+        recipe.rollout.validate()
+    except ValueError as e:  # its message starts with the entry, e.g. "rollout.hf.max_batch_size must be >= 1"
+        raise RecipeError(str(e)) from None
     if recipe.checkpoint.every < 0:
         raise RecipeError(f"checkpoint.every: must be >= 0, got {recipe.checkpoint.every}")
 
@@ -430,25 +472,17 @@ def _validate_sft(s: SFTStage, path: str) -> None:
     _positive(s, ("steps", "epochs", "max_length"), path)
 
 
-def _validate_grpo(s: GRPOStage, path: str, mode: str) -> None:
+def _validate_grpo(s: GRPOStage, path: str) -> None:
     _positive(s, ("steps", "num_samples", "max_prompt_tokens"), path)
     if s.num_samples < 2:
         raise RecipeError(f"{path}.num_samples: GRPO needs >= 2 samples per prompt, got {s.num_samples}")
     _validate_reward(s.reward, f"{path}.reward")
     g = s.grpo
-    gp = f"{path}.grpo"
-    if not 0 <= g.clip_low < 1:
-        raise RecipeError(f"{gp}.clip_low: must be in [0, 1), got {g.clip_low}")
-    if g.clip_high < 0:
-        raise RecipeError(f"{gp}.clip_high: must be >= 0, got {g.clip_high}")
-    if g.clip_ratio_c is not None and g.clip_ratio_c <= 1:
-        raise RecipeError(f"{gp}.clip_ratio_c: must be > 1 or null, got {g.clip_ratio_c}")
-    if g.kl_coef < 0:
-        raise RecipeError(f"{gp}.kl_coef: must be >= 0, got {g.kl_coef}")
-    _positive(g, ("ppo_epochs", "minibatch_groups"), gp)
+    if bad := g.problems():  # GRPOConfig's own checks, reported at the entry
+        name, message = bad[0]
+        raise RecipeError(f"{path}.grpo.{name}: {message}")
     if g.minibatch_groups is not None and s.batch_size % g.minibatch_groups:
-        raise RecipeError(f"{gp}.minibatch_groups: {g.minibatch_groups} does not divide batch_size {s.batch_size}")
-    sampling_config(s.generation, mode, f"{path}.generation")
+        raise RecipeError(f"{path}.grpo.minibatch_groups: {g.minibatch_groups} does not divide batch_size {s.batch_size}")
 
 
 def _validate_reward(r: RewardConfig, path: str) -> None:
@@ -464,21 +498,6 @@ def _validate_reward(r: RewardConfig, path: str) -> None:
         get_scorer(r.scorer).check(reward)
     except ValueError as e:
         raise RecipeError(f"{path}.scorer: {e}") from None
-
-
-def sampling_config(generation: dict, mode: str, path: str = "generation"):
-    """The engine's ``SamplingConfig`` from a stage's ``generation`` mapping (mode from the recipe)."""
-    from parallel_r1.engine.sampling import SamplingConfig
-
-    valid = [f.name for f in dataclasses.fields(SamplingConfig) if f.name not in ("mode", "seed")]
-    for key in generation:
-        if key not in valid:
-            hint = " (set by the recipe's mode / seed)" if key in ("mode", "seed") else ""
-            raise RecipeError(f"{path}.{key}: unknown generation setting{hint}; valid: {', '.join(valid)}")
-    try:
-        return SamplingConfig(**generation, mode=mode)
-    except (TypeError, ValueError) as e:
-        raise RecipeError(f"{path}: {e}") from None
 
 
 def resolve_ref(ref: str, path: str) -> Any:

@@ -61,6 +61,12 @@ BatchBuilder = Callable[[Sequence[Sequence[int]], Sequence[Sequence[int]]], Trai
 
 @dataclass
 class GRPOConfig:
+    """A GRPO stage's ``grpo:`` settings, filled from the recipe as they are (train/config.py).
+
+    What the run derives (the sampling temperature, the stage's micro-batch size and gradient clip,
+    the number of processes) is passed to ``grpo_update`` next to it, not copied into it.
+    """
+
     clip_low: float = 0.2
     clip_high: float = 0.2  # clip-higher (DAPO; Parallel-R1 S2 uses 0.28)
     clip_ratio_c: float | None = 3.0  # dual clip for negative advantages; None turns it off
@@ -68,19 +74,24 @@ class GRPOConfig:
     adv_eps: float = 1e-6
     kl_coef: float = 0.0  # > 0 needs a frozen reference model
     ppo_epochs: int = 1
-    minibatch_groups: int | None = None  # prompts (groups) per optimiser step; None: the whole batch
-    micro_batch_size: int = 4  # rows per forward
-    max_grad_norm: float | None = 1.0
-    temperature: float = 1.0  # the sampling temperature; logits are divided by it
+    minibatch_groups: int | None = None  # prompts (groups) per optimiser step, all processes; None: the whole batch
     share_prompts: bool = True  # compute a prompt shared by rows of a micro-batch once (exact; logprobs.py)
 
-    def __post_init__(self) -> None:
-        assert 0 <= self.clip_low < 1, f"clip_low must be in [0, 1), got {self.clip_low}"
-        assert self.clip_high >= 0, f"clip_high must be >= 0, got {self.clip_high}"
-        assert self.clip_ratio_c is None or self.clip_ratio_c > 1, "clip_ratio_c must be > 1"
-        assert self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}"
-        assert self.ppo_epochs >= 1 and self.micro_batch_size >= 1
-        assert self.minibatch_groups is None or self.minibatch_groups >= 1
+    def problems(self) -> list[tuple[str, str]]:
+        """(field, message) for each bad value; the recipe turns them into errors naming the entry."""
+        checks = [
+            ("clip_low", 0 <= self.clip_low < 1, f"must be in [0, 1), got {self.clip_low}"),
+            ("clip_high", self.clip_high >= 0, f"must be >= 0, got {self.clip_high}"),
+            ("clip_ratio_c", self.clip_ratio_c is None or self.clip_ratio_c > 1,
+             f"must be > 1 or null, got {self.clip_ratio_c}"),
+            ("adv_eps", self.adv_eps > 0, f"must be > 0, got {self.adv_eps}"),
+            ("kl_coef", self.kl_coef >= 0, f"must be >= 0, got {self.kl_coef}"),
+            ("ppo_epochs", self.ppo_epochs >= 1, f"must be > 0, got {self.ppo_epochs}"),
+            ("minibatch_groups", self.minibatch_groups is None or self.minibatch_groups >= 1,
+             f"must be > 0, got {self.minibatch_groups}"),
+        ]  # fmt: skip
+        return [(name, message) for name, ok, message in checks if not ok]
+
 
 
 def group_advantages(
@@ -173,6 +184,15 @@ class GRPOStats:
         return {k: v for k, v in vars(self).items() if k != "minibatches"}
 
 
+@dataclass(frozen=True)
+class _Pass:
+    """What one update's forwards and steps need besides ``GRPOConfig`` (all given by the caller)."""
+
+    score: Callable  # (model) -> (logprobs, entropy): ``response_logprobs`` with batch still to bind
+    max_grad_norm: float | None
+    on_step: Callable[[], None] | None
+
+
 def grpo_update(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -180,23 +200,41 @@ def grpo_update(
     cfg: GRPOConfig,
     build: BatchBuilder,
     *,
+    temperature: float = 1.0,
+    micro_batch_size: int = 4,
+    max_grad_norm: float | None = 1.0,
     dist: Dist | None = None,
     ref_model: torch.nn.Module | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> GRPOStats:
     """One GRPO update on this process's rollouts (each group whole on one process).
 
     Every rollout needs ``reward`` set. Groups are keyed by ``prompt_index``. Under several
-    processes, all must hold the same number of rollouts and groups (the runner shards evenly).
+    processes, all must hold the same number of rollouts and groups (the runner shards evenly), and
+    ``cfg.minibatch_groups`` (all processes) is split evenly among them. ``temperature``: the sampling
+    temperature (logits are divided by it; greedy sampling scores at 1); ``micro_batch_size``: rows
+    per forward; ``on_step``: called after every optimiser step taken (the rollout backend's weight
+    hand-over).
     """
     dist = dist or Dist(device=next(model.parameters()).device)
+    bad = cfg.problems()
+    assert not bad, "GRPOConfig: " + "; ".join(f"{name} {message}" for name, message in bad)
+    assert micro_batch_size >= 1, f"micro_batch_size must be >= 1, got {micro_batch_size}"
     assert (cfg.kl_coef > 0) == (ref_model is not None), "kl_coef > 0 needs a ref_model, and only then"
+    groups = cfg.minibatch_groups
+    if groups is not None:
+        assert groups % dist.world_size == 0, f"minibatch_groups {groups} does not split over {dist.world_size} processes"
+        groups //= dist.world_size
+    score = functools.partial(response_logprobs, temperature=temperature if temperature > 0 else 1.0,
+                              share_prompts=cfg.share_prompts)  # fmt: skip
+    run = _Pass(score, max_grad_norm, on_step)
     rows = _rows_with_advantages(rollouts, cfg)
-    plan = _minibatches(rows, cfg)
-    _fill_old_logprobs(model, ref_model, plan, cfg, build, dist)
+    plan = _minibatches(rows, groups, micro_batch_size)
+    _fill_old_logprobs(model, ref_model, plan, run, build, dist)
     stats = GRPOStats()
     for _epoch in range(cfg.ppo_epochs):
         for minibatch in plan:
-            mb = _minibatch_step(model, optimizer, minibatch, cfg, build, dist)
+            mb = _minibatch_step(model, optimizer, minibatch, cfg, run, build, dist)
             if mb is not None:
                 stats.minibatches.append(mb)
     _summarise(stats, rows, dist)
@@ -219,18 +257,18 @@ def _rows_with_advantages(rollouts: Sequence[Rollout], cfg: GRPOConfig) -> list[
     ]
 
 
-def _minibatches(rows: list[_Row], cfg: GRPOConfig) -> list[list[list[_Row]]]:
+def _minibatches(rows: list[_Row], groups_per_step: int | None, micro_batch_size: int) -> list[list[list[_Row]]]:
     """Minibatches (whole groups, in group order) of micro-batches (rows sorted by length)."""
     by_group: dict[int, list[_Row]] = {}
     for row in rows:
         by_group.setdefault(row.group, []).append(row)
     groups = [by_group[g] for g in sorted(by_group)]
-    size = cfg.minibatch_groups or len(groups)
+    size = groups_per_step or len(groups)
     plan = []
     for start in range(0, len(groups), size):
         mb_rows = [row for g in groups[start : start + size] for row in g]
         mb_rows.sort(key=lambda r: len(r.prompt_ids) + len(r.response_ids), reverse=True)
-        step = cfg.micro_batch_size
+        step = micro_batch_size
         plan.append([mb_rows[i : i + step] for i in range(0, len(mb_rows), step)])
     return plan
 
@@ -241,7 +279,7 @@ def _batch(rows: list[_Row], build: BatchBuilder, model: torch.nn.Module, dist: 
 
 
 @torch.no_grad()
-def _fill_old_logprobs(model, ref_model, plan, cfg: GRPOConfig, build: BatchBuilder, dist: Dist) -> None:
+def _fill_old_logprobs(model, ref_model, plan, run: _Pass, build: BatchBuilder, dist: Dist) -> None:
     """Old (and reference) log-probs per row, from the very micro-batches the update trains on.
 
     The first minibatch's old log-probs are left to its training forward (module docstring, point 2)."""
@@ -250,8 +288,7 @@ def _fill_old_logprobs(model, ref_model, plan, cfg: GRPOConfig, build: BatchBuil
             continue
         for micro in minibatch:
             batch = _batch(micro, build, model, dist)
-            score = functools.partial(response_logprobs, batch=batch, temperature=cfg.temperature,
-                                      share_prompts=cfg.share_prompts)  # fmt: skip
+            score = functools.partial(run.score, batch=batch)
             old = score(model)[0] if k > 0 else None
             ref = score(ref_model)[0] if ref_model is not None else None
             for i, row in enumerate(micro):
@@ -262,7 +299,7 @@ def _fill_old_logprobs(model, ref_model, plan, cfg: GRPOConfig, build: BatchBuil
                     row.ref_logprobs = ref[i][sel].tolist()
 
 
-def _minibatch_step(model, optimizer, minibatch, cfg: GRPOConfig, build, dist: Dist) -> dict | None:
+def _minibatch_step(model, optimizer, minibatch, cfg: GRPOConfig, run: _Pass, build, dist: Dist) -> dict | None:
     """Accumulate the token-mean loss over the micro-batches, then one optimiser step."""
     local_tokens = sum(sum(r.loss_mask) for micro in minibatch for r in micro)
     n_tokens = float(dist.sum([local_tokens])[0])  # the token-mean's denominator, all processes
@@ -272,8 +309,10 @@ def _minibatch_step(model, optimizer, minibatch, cfg: GRPOConfig, build, dist: D
     sums = torch.zeros(7, dtype=torch.float64)  # loss, clipped, ratio, entropy, kl, ppo_kl, fwd tokens
     for k, micro in enumerate(minibatch):
         with dist.no_sync(model, active=k < len(minibatch) - 1):
-            sums += _micro_backward(model, micro, cfg, build, dist, n_tokens)
-    grad_norm, finite = clip_and_step(model, optimizer, dist, cfg.max_grad_norm)
+            sums += _micro_backward(model, micro, cfg, run, build, dist, n_tokens)
+    grad_norm, finite = clip_and_step(model, optimizer, dist, run.max_grad_norm)
+    if finite and run.on_step is not None:  # a skipped (non-finite) step leaves the weights as they were
+        run.on_step()
     total = dist.sum(sums)
     return {
         "loss": float(total[0]) / n_tokens,
@@ -289,13 +328,11 @@ def _minibatch_step(model, optimizer, minibatch, cfg: GRPOConfig, build, dist: D
     }
 
 
-def _micro_backward(model, micro: list[_Row], cfg: GRPOConfig, build, dist: Dist, n_tokens: float):
+def _micro_backward(model, micro: list[_Row], cfg: GRPOConfig, run: _Pass, build, dist: Dist, n_tokens: float):
     batch = _batch(micro, build, model, dist)
     mask = scatter_response([r.loss_mask for r in micro], batch.response_mask)  # (B, T)
     adv = torch.tensor([r.advantage for r in micro], device=mask.device)[:, None].expand_as(mask)
-    logprobs, entropy = response_logprobs(
-        model, batch, cfg.temperature, with_entropy=True, share_prompts=cfg.share_prompts
-    )
+    logprobs, entropy = run.score(model, batch=batch, with_entropy=True)
     if micro[0].old_logprobs is None:  # first minibatch, no optimiser step yet: old = this forward
         old = logprobs.detach()
         for i, row in enumerate(micro):

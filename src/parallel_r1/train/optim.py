@@ -9,11 +9,13 @@ runs at learning rate 0 (transformers' / verl's convention).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import get_scheduler
 
-from parallel_r1.train.config import OptimizerConfig
+if TYPE_CHECKING:  # the recipe imports the GRPO update, which ends its steps here: no import at run time
+    from parallel_r1.train.config import OptimizerConfig
 
 SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
 

@@ -22,6 +22,7 @@ the next stage needs (the demo trains its SFT stages on two processes and its GR
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import logging
@@ -35,6 +36,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from parallel_r1.engine.backend import (
+    BackendFactory,
+    BackendUnavailable,
+    check_backend_available,
+    make_backend,
+)
 from parallel_r1.train.batching import make_batch
 from parallel_r1.train.checkpoint import (
     TrainerState,
@@ -59,7 +66,6 @@ from parallel_r1.train.metrics import MetricsLog, Progress, truncate_jsonl
 from parallel_r1.train.model_io import load_model, load_tokenizer, model_record
 from parallel_r1.train.optim import build_optimizer, build_scheduler
 from parallel_r1.train.stages import (
-    EngineFactory,
     StageData,
     StepContext,
     grpo_train_step,
@@ -71,7 +77,9 @@ from parallel_r1.train.stages import (
 
 log = logging.getLogger("parallel_r1.train")
 MAX_NONFINITE_STEPS = 5  # consecutive steps whose gradient was NaN/inf before the run gives up
-RESUME_IGNORES = ("logging", "checkpoint")  # recipe sections that may change between resumes
+# recipe sections that may change between resumes (the rollout backend: where sampling runs, e.g. hf
+# on a laptop and vllm on a GPU; the samples then differ, so metrics.jsonl is no longer exact)
+RESUME_IGNORES = ("logging", "checkpoint", "rollout")
 
 
 class TrainingInterrupted(Exception):
@@ -89,14 +97,9 @@ class RunResult:
     checkpoint: Path | None
 
 
-def default_engine_factory(model, tokenizer, tag_ids):
-    from parallel_r1.engine.engine import Engine
-
-    return Engine(model, tokenizer, tag_ids=tag_ids)
-
-
 def train_main(
-    recipe_path: Path, output: Path, resume: bool = False, overrides: list[str] | None = None
+    recipe_path: Path, output: Path, resume: bool = False, overrides: list[str] | None = None,
+    backend: str | None = None,
 ) -> None:
     """Run a training recipe (``parallel-r1 train RECIPE --output DIR [--resume]``).
 
@@ -107,9 +110,14 @@ def train_main(
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         recipe = load_recipe(recipe_path, tuple(overrides or ()))
+        if backend is not None:  # --backend: the recipe's rollout section with another backend
+            recipe.rollout = dataclasses.replace(recipe.rollout, backend=backend)
         run_recipe(recipe, output, resume=resume)
     except RecipeError as e:
         log.error("bad recipe: %s", e)
+        raise SystemExit(2) from None
+    except BackendUnavailable as e:
+        log.error("%s", e)
         raise SystemExit(2) from None
     except TrainingInterrupted as e:
         log.warning("%s; continue with --resume", e)
@@ -117,10 +125,11 @@ def train_main(
 
 
 def run_recipe(recipe: Recipe, output_dir: str | Path, resume: bool = False, *,
-               accelerator: Accelerator | None = None, engine_factory: EngineFactory | None = None,
+               accelerator: Accelerator | None = None, engine_factory: BackendFactory | None = None,
                first_stages: int | None = None) -> RunResult:  # fmt: skip
     """Run (or resume) the stages of ``recipe`` (all, or the first ``first_stages``) into ``output_dir``;
-    see the module docstring."""
+    see the module docstring. ``engine_factory(policy, tokenizer, tag_ids)`` gives each GRPO stage its
+    rollout backend (default: the one ``recipe.rollout`` names, ``engine.backend.make_backend``)."""
     n_stages = len(recipe.stages) if first_stages is None else first_stages
     assert 1 <= n_stages <= len(recipe.stages), f"first_stages must be in 1..{len(recipe.stages)}, got {first_stages}"
     threads = torch.get_num_threads()
@@ -135,6 +144,9 @@ def run_recipe(recipe: Recipe, output_dir: str | Path, resume: bool = False, *,
 def _run(recipe: Recipe, output: Path, resume: bool, accelerator, engine_factory, n_stages: int) -> RunResult:
     dist = Dist(accelerator or Accelerator(cpu=not torch.cuda.is_available()))
     _check_output(output, recipe, resume, dist)
+    if engine_factory is None and any(s.type == "grpo" for s in recipe.stages[:n_stages]):
+        check_backend_available(recipe.rollout)  # a missing vLLM fails here, before any model loads
+        engine_factory = functools.partial(make_backend, recipe.rollout)
     ckpt = latest_checkpoint(output / "checkpoints") if resume else None
     state = _initial_state(ckpt, dist)
     tokenizer = load_tokenizer(recipe.model, from_dir=str(ckpt / "model") if ckpt else None)
@@ -144,7 +156,7 @@ def _run(recipe: Recipe, output: Path, resume: bool, accelerator, engine_factory
     model, tag_ids = load_model(recipe.model, tokenizer, recipe.seed, from_dir=str(ckpt / "model") if ckpt else None)
     datasets = [_tokenise(recipe, i, ex, rep, tokenizer, dist) for i, (ex, rep) in enumerate(texts)]
     _write_run_info(output, recipe, datasets, dist)
-    run = _Run(recipe, output, dist, tokenizer, tag_ids, state, ckpt, engine_factory or default_engine_factory)
+    run = _Run(recipe, output, dist, tokenizer, tag_ids, state, ckpt, engine_factory)
     run.setup_model(model)
     with _Interrupt() as interrupt:
         run.interrupt = interrupt
@@ -325,12 +337,18 @@ class _Run:
         if self.dist.is_main:
             log.info("stage %d %r (%s): steps %d..%d of %d", i, stage.name, stage.type,
                      self.state.stage_step + 1, total, total)  # fmt: skip
-            if self.ctx.engine is not None and hasattr(self.ctx.engine, "forward_path"):
-                log.info("rollout engine forward: %s", self.ctx.engine.forward_path)
-        self.progress.start(stage.name, total, self.state.stage_step)
-        for stage_step in range(self.state.stage_step + 1, total + 1):
-            self._step(i, stage, data, order, optimizer, scheduler, stage_step, total)
-        self.progress.stop()
+            if self.ctx.engine is not None:
+                info = self.ctx.engine.info
+                log.info("rollout backend: %s (forward: %s, device: %s)", info.name, info.forward_path, info.device)
+        try:
+            self.progress.start(stage.name, total, self.state.stage_step)
+            for stage_step in range(self.state.stage_step + 1, total + 1):
+                self._step(i, stage, data, order, optimizer, scheduler, stage_step, total)
+            self.progress.stop()
+        finally:  # a vLLM backend holds its own weights and KV pool: free them before the next stage
+            if self.ctx.engine is not None:
+                self.ctx.engine.close()
+                self.ctx.engine = None
 
     def _rollout_backend(self):
         """The GRPO stage's backend: over the live policy, or under FSDP over the rollout copy, which

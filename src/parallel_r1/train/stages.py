@@ -5,30 +5,29 @@ budget); ``*_step`` run one training step on this process's share of the global 
 step's metrics row (without stage / step keys, which the runner adds).
 
 GRPO step t of a stage: take the next ``batch_size`` prompts in data order, this process samples
-``num_samples`` responses for every ``world_size``-th of them with the engine (seed fixed by the
-global step and rank, so a resumed run samples the same), judges each response against the gold
+``num_samples`` responses for every ``world_size``-th of them with the rollout backend (seed fixed by
+the global step and rank, so a resumed run samples the same), judges each response against the gold
 answer, rewards it with the stage's reward at stage step t (1-based: the reward schedules count
-steps of the RL run, as the reference's ``global_steps`` do), and updates the policy (``grpo.py``).
+steps of the RL run, as the reference's ``global_steps`` do), and updates the policy (``grpo.py``),
+handing the new weights to the backend after every optimiser step.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
 
+from parallel_r1.engine.backend import RolloutBackend
 from parallel_r1.rewards import get_reward, get_scorer
-from parallel_r1.train.config import GRPOStage, SFTStage, sampling_config
+from parallel_r1.train.config import GRPOStage, SFTStage
 from parallel_r1.train.data import DataOrder, DataReport, Example, encode_prompt, encode_response, shard
 from parallel_r1.train.dist import Dist
-from parallel_r1.train.grpo import BatchBuilder, GRPOConfig, grpo_update
+from parallel_r1.train.grpo import BatchBuilder, grpo_update
 from parallel_r1.train.metrics import empty_rollout_metrics, rollout_metrics
 from parallel_r1.train.sft import Pair, SFTConfig, sft_step
-
-# (model, tokenizer, tag_ids) -> an object with .generate(prompts, num_samples, config) -> list[Rollout]
-EngineFactory = Callable[..., object]
 
 
 @dataclass
@@ -57,7 +56,7 @@ class StepContext:
     seed: int
     mode: str  # "seen" | "unseen"
     optimizer: torch.optim.Optimizer | None = None  # the current stage's
-    engine: object | None = None  # the current GRPO stage's
+    engine: RolloutBackend | None = None  # the current GRPO stage's rollout backend
     ref_model: torch.nn.Module | None = None
     sample_log: list[dict] = field(default_factory=list)  # a few rollouts of the last step, for rollouts.jsonl
 
@@ -136,15 +135,18 @@ def grpo_train_step(ctx: StepContext, stage: GRPOStage, data: StageData, order: 
     items = [data.items[i] for i in order.next_batch(stage.batch_size)]
     mine = shard(items, ctx.dist.rank, ctx.dist.world_size)
     step_seed = (ctx.seed * 1_000_003 + global_step) * 4096 + ctx.dist.rank
-    config = replace(sampling_config(stage.generation, ctx.mode), seed=step_seed)
+    assert stage.generation.mode == ctx.mode, "the recipe sets every stage's sampling mode (config.recipe_from_dict)"
+    config = replace(stage.generation, seed=step_seed)
     rollouts = ctx.engine.generate([it.prompt_ids for it in mine], stage.num_samples, config)
     generated = time.perf_counter()
     reward = get_reward(stage.reward.name, **stage.reward.params)
     verdicts = reward_rollouts(rollouts, [mine[r.prompt_index].answer for r in rollouts], stage, stage_step)
     metrics = rollout_metrics(rollouts, verdicts, ctx.dist)
-    cfg = grpo_config(stage, ctx.dist.world_size)
-    stats = grpo_update(ctx.model, ctx.optimizer, rollouts, cfg, ctx.build,
-                        dist=ctx.dist, ref_model=ctx.ref_model)  # fmt: skip
+    backend = ctx.engine
+    stats = grpo_update(ctx.model, ctx.optimizer, rollouts, stage.grpo, ctx.build,
+                        temperature=stage.generation.temperature, micro_batch_size=stage.micro_batch_size,
+                        max_grad_norm=stage.optimizer.max_grad_norm, dist=ctx.dist, ref_model=ctx.ref_model,
+                        on_step=lambda: backend.update_weights(policy_tensors(ctx.policy)))  # fmt: skip
     end = time.perf_counter()
     ctx.sample_log = [_rollout_record(r, mine) for r in rollouts]
     return {
@@ -158,22 +160,11 @@ def grpo_train_step(ctx: StepContext, stage: GRPOStage, data: StageData, order: 
     }
 
 
-def grpo_config(stage: GRPOStage, world_size: int) -> GRPOConfig:
-    """The update settings of a stage; the minibatch (prompts, all processes) is split per process."""
-    g = stage.grpo
-    temperature = sampling_config(stage.generation, "unseen").temperature
-    groups = g.minibatch_groups
-    if groups is not None:
-        assert groups % world_size == 0, f"minibatch_groups {groups} does not split over {world_size} processes"
-        groups //= world_size
-    return GRPOConfig(
-        clip_low=g.clip_low, clip_high=g.clip_high, clip_ratio_c=g.clip_ratio_c,
-        normalize_std=g.normalize_std, kl_coef=g.kl_coef, ppo_epochs=g.ppo_epochs,
-        minibatch_groups=groups, micro_batch_size=stage.micro_batch_size,
-        max_grad_norm=stage.optimizer.max_grad_norm,
-        temperature=temperature if temperature > 0 else 1.0,  # greedy sampling: score at T = 1
-        share_prompts=g.share_prompts,
-    )  # fmt: skip
+def policy_tensors(policy: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """The policy's weights by name, produced lazily: a backend that shares the policy never asks for
+    one. (Under FSDP each would be a full tensor gathered on demand; the backends take them one by one.)"""
+    for name, param in policy.named_parameters():
+        yield name, param.detach()
 
 
 def _rollout_record(r, mine: Sequence[PromptItem]) -> dict:
