@@ -57,7 +57,7 @@ test-wheel:
 
 # scripts/gpu_check.py at tiny CPU shapes (the GPU check's steps, under 3 minutes on 2 cores; CI runs
 # it after the tests). The required entries must hold no error; the vLLM ones may (not installed here).
-GPU_CHECK_REQUIRE ?= gpu_tests,bench_engine,flex_vs_dense,bench_rollout.backends.hf
+GPU_CHECK_REQUIRE ?= gpu_tests,bench_engine,grpo_fsdp.hf,flex_vs_dense,bench_rollout.backends.hf
 gpu-check-cpu: install
 	$(BIN)/python scripts/gpu_check.py runs/gpu_check_cpu.json --profile cpu --require $(GPU_CHECK_REQUIRE)
 
