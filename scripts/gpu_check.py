@@ -11,7 +11,8 @@ tiny shapes, under 3 minutes on 2 cores, which CI runs as ``make gpu-check-cpu``
 2. ``bench_engine``: ``bench.engine`` on a random Qwen3-0.6B-shaped model in bf16 (cpu: tiny, fp32).
 3. ``grpo_fsdp``: three GRPO steps of a random Qwen3-0.6B-shaped model (fp32 master weights, bf16
    compute) under FSDP2 on one process, once per rollout backend (hf, vllm), through the train runner
-   on a generated recipe. Launched as ``torchrun`` with the environment ``accelerate launch`` exports
+   on a generated recipe (reward ``parallel_only``: a random model is never right, a format reward
+   still varies within a group, so the update does something; ``updated`` says whether it did). Launched as ``torchrun`` with the environment ``accelerate launch`` exports
    for an FSDP2 config: accelerate uses its simple launcher for one CPU process, which would leave
    FSDP off, so the variables are set here the same way on both profiles.
 4. ``flex_vs_dense``: the Unseen training forward and backward at 4k and 8k tokens (cpu: 256, 512),
@@ -87,11 +88,11 @@ def step_bench_engine(profile: str) -> dict:
 
 
 def grpo_recipe(backend: str, profile: str) -> dict:
-    """Three GRPO steps on toy problems with a random Qwen3 (0.6B-shaped on GPU, tiny on CPU)."""
+    """Three GRPO steps on toy problems with a random Qwen3 (0.6B-shaped on GPU, 3M parameters on CPU)."""
     from parallel_r1.engine.testing import SIZES
 
     gpu = profile == "gpu"
-    size = SIZES["0.5b" if gpu else "tiny"]
+    size = SIZES["0.5b" if gpu else "small"]  # small: head_dim 64 (vLLM's CPU attention takes no 16)
     return {
         "name": f"gpu-check-grpo-{backend}", "mode": "unseen", "seed": 0, "threads": None if gpu else 1,
         "model": {"init": "scratch", "dtype": "float32",
@@ -102,12 +103,12 @@ def grpo_recipe(backend: str, profile: str) -> dict:
         "checkpoint": {"every": 0}, "logging": {"progress": False, "tensorboard": False, "log_rollouts": 0},
         "rollout": {"backend": backend},
         "stages": [{
-            "name": "grpo", "type": "grpo", "steps": 3, "batch_size": 4 if gpu else 2,
-            "num_samples": 4 if gpu else 2, "micro_batch_size": 4 if gpu else 2, "max_prompt_tokens": 512,
+            "name": "grpo", "type": "grpo", "steps": 3, "batch_size": 4, "num_samples": 4,
+            "micro_batch_size": 4 if gpu else 8, "max_prompt_tokens": 512,
             "data": {"factory": "parallel_r1.data.toy:toy_problems", "kwargs": {"split": "hard", "n": 16, "seed": 0}},
-            "prompt": {"template": "{problem}"}, "reward": {"name": "accuracy"},
-            "generation": {"max_new_tokens": 256 if gpu else 24, "max_path_tokens": 64 if gpu else 8,
-                           "max_summary_tokens": 32 if gpu else 8},
+            "prompt": {"template": "{problem}"}, "reward": {"name": "parallel_only"},
+            "generation": {"max_new_tokens": 256 if gpu else 64, "max_path_tokens": 64 if gpu else 6,
+                           "max_summary_tokens": 32 if gpu else 6},
             "optimizer": {"lr": 1.0e-5},
         }],
     }  # fmt: skip
@@ -143,6 +144,9 @@ def step_grpo_fsdp(profile: str) -> dict:
         rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
         entry["steps"] = [{k: r[k] for k in r if isinstance(r[k], int | float) and not isinstance(r[k], bool)}
                           for r in rows]
+        # a random model never answers right, so the reward is the format one (parallel_only): some groups
+        # then differ and the update is not a no-op; this says whether any step moved the weights
+        entry["updated"] = any(r.get("grad_norm", 0) > 0 for r in rows)
         # evidence that the sharded path ran (the runner logs the FSDP weight hand-over)
         entry["fsdp_lines"] = [line for line in (proc.stdout + proc.stderr).splitlines() if "FSDP" in line][:3]
         if proc.returncode != 0 or len(rows) != 3:
