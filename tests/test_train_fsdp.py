@@ -290,6 +290,21 @@ def test_copy_backend_overwrites_every_parameter_and_refuses_strangers():
         backend.update_weights([("nope.weight", torch.zeros(1))])
 
 
+def test_kl_stage_is_refused_under_fsdp_before_sharding(tmp_path):
+    from parallel_r1.train.config import RecipeError, recipe_from_dict
+    from parallel_r1.train.dist import Dist
+    from parallel_r1.train.fsdp import FSDPSettings, is_sharded, prepare_fsdp
+
+    raw = sft_recipe(str(tmp_path))
+    raw["stages"] = [{"name": "grpo", "type": "grpo", "steps": 1, "batch_size": 2, "data": {"path": "x.jsonl"},
+                      "reward": {"name": "accuracy"},
+                      "grpo": {"kl_coef": 0.1}, "optimizer": {"lr": 1e-3}}]  # fmt: skip
+    model = tiny_qwen3()
+    with pytest.raises(RecipeError, match="kl_coef > 0 is not supported under FSDP"):
+        prepare_fsdp(model, Dist(), recipe_from_dict(raw).stages, FSDPSettings(enabled=True))
+    assert not is_sharded(model)
+
+
 # --- two processes ------------------------------------------------------------------------------------
 
 
@@ -420,6 +435,20 @@ def test_cli_sigkill_then_resume_gives_the_uninterrupted_metrics(fsdp_run, tmp_p
     ]
     saved = out / "checkpoints" / "step-000007"
     assert (saved / "model" / "model.safetensors").is_file() and (saved / "sharded" / ".metadata").is_file()
+    # AdamW's step count in the sharded state at each stage's end: the SFT stage's 5 steps (2 of them
+    # restored by the resume), then the GRPO stage's own optimiser steps only (a fresh optimiser)
+    grpo_steps = sum(r["optimizer_steps"] for r in resumed if r["type"] == "grpo")
+    for step, expected in ((5, 5), (7, grpo_steps)):
+        assert _adam_steps(out / "checkpoints" / f"step-{step:06d}" / "sharded", tmp_path) == {float(expected)}, step
+
+
+def _adam_steps(sharded: Path, tmp: Path) -> set[float]:
+    """The per-parameter AdamW step counts in a torch distributed checkpoint, read without a process group."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    dcp_to_torch_save(sharded, tmp / "state.pt")
+    state = torch.load(tmp / "state.pt", weights_only=False)["optimizer"]["state"]
+    return {float(s["step"]) for s in state.values()}
 
 
 if __name__ == "__main__":
