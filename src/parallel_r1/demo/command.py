@@ -30,7 +30,7 @@ def demo(
     threads: Annotated[int, typer.Option(min=1, help="torch threads (1 is fastest for the tiny model).")] = 1,
     processes: Annotated[
         int | None, typer.Option(min=1, help="Processes: the SFT stages data-parallel, evaluation beside RL "
-                                 "(default 2 on 2+ cores; 1: one core, one stage after another).")
+                                 "(default 1: one core, one stage after another; 2 is faster but not bit-identical).")
     ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Recipe override key.path=value (repeatable).")
