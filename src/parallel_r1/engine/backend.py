@@ -12,6 +12,9 @@ Everything that samples from a policy (GRPO stages, ``eval``, ``serve``, ``demo`
    lazy generator (under FSDP: full tensors gathered one layer at a time) and pay nothing.
 3. ``info``: name, forward path and device, for logs and the ``serve`` start line; ``close()`` frees
    the backend's memory (a vLLM engine holds its own copy of the weights and a KV-cache pool).
+4. ``supports_logits_processors``: whether ``generate`` also takes ``logits_processors=`` (the
+   branching engine's per-step hook, which ``serve`` uses to stream, cancel and end rows at stop
+   strings). vLLM's in-process engine takes none, so a caller asks instead of assuming it.
 
 Backends: ``hf`` (``engine.Engine``, exact in every mode; the default) and ``vllm``
 (``engine.vllm_backend``, imported only when asked for, since vLLM is an optional install).
@@ -43,6 +46,7 @@ class BackendInfo:
 @runtime_checkable
 class RolloutBackend(Protocol):
     shares_policy: bool  # True: reads the trainer's live tensors, ``update_weights`` is a no-op
+    supports_logits_processors: bool  # True: ``generate(..., logits_processors=[...])`` (point 4)
 
     @property
     def info(self) -> BackendInfo: ...

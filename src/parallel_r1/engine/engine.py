@@ -113,6 +113,7 @@ class Engine:
 
     # ---- rollout-backend protocol (engine.backend) ----------------------------------------------
     shares_policy = True  # decodes with the trainer's live tensors: an optimizer step is seen at once
+    supports_logits_processors = True  # generate(..., logits_processors=...): serve's per-step observer
 
     @property
     def info(self) -> BackendInfo:

@@ -52,6 +52,7 @@ class VLLMBackend:
     """The ``vllm`` rollout backend (engine.backend protocol) bound to one policy and tokenizer."""
 
     shares_policy = False  # vLLM holds its own copy of the weights: the trainer must push updates
+    supports_logits_processors = False  # requests go to vLLM whole: no per-step hook of ours runs
 
     def __init__(self, model, tokenizer, tag_ids: dict[str, int] | None, options: VLLMOptions) -> None:
         options.validate()
@@ -60,6 +61,8 @@ class VLLMBackend:
         from vllm.platforms import current_platform
 
         self.device_type = current_platform.device_type  # "cpu" | "cuda" | ...
+        if (problem := model_problem(model.config)) is not None:
+            raise ValueError(problem)
         if options.sleep_mode and self.device_type != "cuda":
             raise ValueError(f"rollout.vllm.sleep_mode needs a CUDA GPU; this vLLM runs on {self.device_type}")
         if tag_ids is None:
@@ -72,6 +75,7 @@ class VLLMBackend:
         head = model.get_output_embeddings()
         self.vocab_size = head.weight.shape[0] if head is not None else model.config.vocab_size
         self.version = vllm.__version__
+        self._aliases = _tied_aliases(model)
         self._asleep = False
         self._warned_unseen = False
         self._dir = tempfile.mkdtemp(prefix="parallel-r1-vllm-")
@@ -118,6 +122,10 @@ class VLLMBackend:
         stop = stop_checker(self.tokenizer, config.stop)
         rows = [RowState(list(prompts[i]), i, s, config, tags, stop)
                 for i in range(len(prompts)) for s in range(num_samples)]
+        # torch gives a thread its OpenMP thread count lazily, at its first query; vLLM's CPU attention
+        # checks that count against the one its metadata was built with, and a thread that never asked
+        # (serve's batcher) failed that check: "Check failed: ... thread_num == thread_num (2 vs. 1)"
+        torch.get_num_threads()
         self._wake()
         try:
             run_rounds(rows, lambda requests: self._submit(requests, config))
@@ -131,9 +139,20 @@ class VLLMBackend:
         """Stream new weights (Hugging Face names) into the running engine; no disk round trip."""
         if self._asleep:
             self.llm.wake_up(tags=["weights"])  # the KV pool stays freed until the next generate
-        weights = ((name, tensor.detach()) for name, tensor in named_tensors)
+        weights = self._with_tied_aliases((name, tensor.detach()) for name, tensor in named_tensors)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()  # cached keys and values were computed by the old weights
+
+    def _with_tied_aliases(self, named: Iterable[tuple[str, torch.Tensor]]):
+        """``named`` plus each tied parameter under its other names. ``named_parameters()`` names a
+        tied tensor once (``model.embed_tokens.weight``, not ``lm_head.weight``), and vLLM's reload
+        does not re-tie: its head kept the weights it started with, so a tied model's rollouts came
+        from a stale head (a resumed run, whose engine starts from the checkpoint, then sampled
+        differently from an uninterrupted one)."""
+        for name, tensor in named:
+            yield name, tensor
+            for alias in self._aliases.get(name, ()):
+                yield alias, tensor
 
     def close(self) -> None:
         llm = self.__dict__.pop("llm", None)
@@ -181,6 +200,32 @@ class VLLMBackend:
         from parallel_r1.structure import find_blocks
 
         return find_blocks(ids, self.tag_ids)
+
+
+def _tied_aliases(model) -> dict[str, list[str]]:
+    """First name of each parameter shared under several names -> its other names."""
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name)
+    return {group[0]: group[1:] for group in names.values() if len(group) > 1}
+
+
+def model_problem(config) -> str | None:
+    """Why this vLLM cannot run a model of ``config``'s shape here, else None. Checked before vLLM
+    starts, whose own error comes from deep inside engine start; today the one case is the CPU
+    attention's head sizes (vLLM 0.32: 32, 64, 80, ...; the toy "tiny" models have 16)."""
+    from vllm.platforms import current_platform
+
+    if current_platform.device_type != "cpu":
+        return None
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if CPUAttentionBackend.supports_head_size(head):
+        return None
+    sizes = ", ".join(map(str, CPUAttentionBackend.get_supported_head_sizes()))
+    return (f"vLLM on CPU takes attention head sizes {sizes}; this model's head_dim is {head} "
+            "(a recipe's scratch model: --set model.config.head_dim=32)")
 
 
 def _completion(output) -> Completion:

@@ -56,7 +56,7 @@ class RichProgress:
 
 def run_eval(cfg: EvalConfig, output: Path, responses: Path | None, fresh: bool, method: str,
              device: str | None, dtype: str, show_progress: bool = True,
-             settings: PromptSettings | None = None, backend: Backend = "hf") -> dict:
+             settings: PromptSettings | None = None) -> dict:
     """Check everything, load the model, run, print the tables; returns the result.
 
     ``settings`` (``loading.choose_settings``) gives the template and where the prompt, chat and mode
@@ -76,7 +76,7 @@ def run_eval(cfg: EvalConfig, output: Path, responses: Path | None, fresh: bool,
 
     def engine_factory() -> RolloutBackend:
         loaded = load_model(cfg.model, device, dtype)
-        rollout = RolloutConfig(backend=backend, hf=HFOptions(max_batch_size=cfg.batch_size))
+        rollout = RolloutConfig(backend=cfg.backend, hf=HFOptions(max_batch_size=cfg.batch_size))
         return make_backend(rollout, loaded.model, loaded.tokenizer, loaded.tag_ids)
 
     console = Console(stderr=True)
@@ -152,11 +152,11 @@ def eval_command(
             model=model, benchmarks=[b for b in benchmarks.split(",") if b.strip()], samples=samples,
             prompt=settings.prompt, mode=settings.mode, compat=compat, scorer=scorer, num_paths=num_paths, temperature=temperature, top_p=top_p, top_k=top_k,
             max_tokens=max_tokens, max_path_tokens=max_path_tokens, max_blocks=max_blocks, seed=seed,
-            limit=limit, batch_size=batch_size, chat=settings.chat, data_dir=data_dir,
+            limit=limit, batch_size=batch_size, chat=settings.chat, data_dir=data_dir, backend=backend,
         )
         responses = responses if responses is not None else output.with_suffix(".responses.jsonl")
         run_eval(cfg, output, responses, fresh, name or Path(model.rstrip("/")).name, device, dtype, progress,
-                 settings, backend)
+                 settings)
     except (ValueError, OSError) as exc:  # bad input: a model, file, setting or stored result
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

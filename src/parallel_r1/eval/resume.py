@@ -25,8 +25,9 @@ from parallel_r1.files import read_json
 # its own sample count and data digest)
 RUN_ONLY_KEYS = ("benchmarks", "samples", "data_dir", "settings_from")
 
-# settings stored results may lack, with the value they were made with (eval.scoring, point 4)
-LEGACY_DEFAULTS = {"scorer": "default"}
+# settings stored results may lack, with the value they were made with (eval.scoring, point 4; the
+# rollout backend: results from before --backend existed were sampled by the branching engine)
+LEGACY_DEFAULTS = {"scorer": "default", "backend": "hf"}
 
 
 class ResumeError(ValueError):

@@ -22,10 +22,10 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from parallel_r1.data.problem import Problem
-from parallel_r1.eval.loading import encode_prompt
+from parallel_r1.eval.loading import Backend, encode_prompt
 from parallel_r1.eval.metrics import SampleRecord, average_metrics, benchmark_metrics
 from parallel_r1.eval.resume import RUN_ONLY_KEYS, ResumeState
 from parallel_r1.eval.scoring import average_by_scorer, judge_with, line_fields, scorer_metrics, scorer_names
@@ -60,9 +60,11 @@ class EvalConfig:
     batch_size: int = 64  # rows the engine decodes at once
     chat: bool | None = None  # None: use the chat template when the tokenizer has one
     data_dir: str | None = None
+    backend: str = "hf"  # the rollout backend (engine.backend); in the fingerprint: it decides the samples
 
     def __post_init__(self) -> None:
         checks = [(bool(self.benchmarks), "no benchmarks given"),
+                  (self.backend in get_args(Backend), f"backend must be one of {get_args(Backend)}, got {self.backend!r}"),
                   (self.samples >= 1, f"samples must be >= 1, got {self.samples}"),
                   (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
                   (self.limit is None or self.limit >= 1, f"limit must be >= 1, got {self.limit}")]

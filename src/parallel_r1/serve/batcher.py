@@ -20,6 +20,10 @@
    ``<Parallel>`` just sampled counts as part of it). The exact cut is the app's (``app``, point 4):
    ending early only saves work. The logits of live rows are returned unchanged. (A blocking
    client's departure is only seen when its answer is written.)
+   A backend without that hook (``supports_logits_processors`` False: vLLM) gets plain calls: a
+   streaming job receives its text when the call returns (in the last chunk), stop strings are
+   applied to the returned text by the app (the backend itself stops at one in the main chain), and
+   a job cancelled during its call is counted and dropped when the call returns.
 4. An exception inside a call is sent to every job of that call (the handlers answer 500) and the
    loop goes on serving.
 """
@@ -141,12 +145,16 @@ class Batcher:
         self.engine, self.window_s, self.max_rows = engine, window_s, max_rows
         self.rng = random.Random(seed)
         self.processors = list(logits_processors)
+        self.observes = engine.supports_logits_processors  # module docstring, point 3
+        if self.processors and not self.observes:
+            raise ValueError(f"the {engine.info.name} backend takes no logits processors")
         self.queue: queue.Queue[Job | None] = queue.Queue()
         self.stats = BatchStats()
         self.thread: threading.Thread | None = None
-        eos = getattr(getattr(engine, "tags", None), "eos", None) or {engine.tokenizer.eos_token_id}
-        self.eos_id = min(eos)
-        self.par_open = engine.tag_ids[PARALLEL_OPEN]
+        if self.observes:  # what the observer needs: the id it leaves open, the tag it watches for
+            eos = getattr(getattr(engine, "tags", None), "eos", None) or {engine.tokenizer.eos_token_id}
+            self.eos_id = min(eos)
+            self.par_open = engine.tag_ids[PARALLEL_OPEN]
 
     def start(self) -> None:
         assert self.thread is None, "batcher already started"
@@ -209,15 +217,12 @@ class Batcher:
                     prompts.append(prompt)
                     owners.append((job, i * job.n + j))
         config = live[0].config if live[0].seeded else dataclasses.replace(live[0].config, seed=self.rng.getrandbits(63))
-        observe = any(job.stream or job.config.stop for job in live)
-        observer = _Observer(owners, self.eos_id, self.stats, self.engine.tokenizer, self.par_open)
-        processors = self.processors + ([observer] if observe else [])
         self.stats.calls += 1
         self.stats.jobs += len(live)
         self.stats.rows += len(prompts)
         self.stats.max_jobs_per_call = max(self.stats.max_jobs_per_call, len(live))
         try:
-            rollouts = self.engine.generate(prompts, 1, config, logits_processors=processors)
+            rollouts = self._generate(prompts, config, live, owners)
         except Exception as exc:  # answered as a 500 to each job; the loop must keep serving
             self.stats.errors += 1
             traceback.print_exc(file=sys.stderr)
@@ -229,4 +234,18 @@ class Batcher:
             job, choice = owners[rollout.prompt_index]
             results[id(job)][choice] = rollout
         for job in live:
+            if not self.observes and job.cancelled.is_set():  # the observer counted the others
+                self.stats.cancelled_jobs += 1
+                job.events.put(("error", RuntimeError("cancelled while it ran")))
+                continue
             job.events.put(("done", results[id(job)]))
+
+    def _generate(self, prompts: list[list[int]], config: SamplingConfig, live: list[Job],
+                  owners: list[tuple[Job, int]]) -> list:
+        """One backend call for the group; with the observer attached where the backend takes it."""
+        if not self.observes:  # module docstring, point 3: plain call, results when it returns
+            return self.engine.generate(prompts, 1, config)
+        processors = list(self.processors)
+        if any(job.stream or job.config.stop for job in live):
+            processors.append(_Observer(owners, self.eos_id, self.stats, self.engine.tokenizer, self.par_open))
+        return self.engine.generate(prompts, 1, config, logits_processors=processors)

@@ -229,6 +229,7 @@ class CopyBackend:
     """
 
     shares_policy = False
+    supports_logits_processors = False  # generate passes no hook through to ``inner``
 
     def __init__(self, model: torch.nn.Module, inner) -> None:
         self.model, self.inner = model, inner
