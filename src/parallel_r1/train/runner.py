@@ -144,6 +144,7 @@ def run_recipe(recipe: Recipe, output_dir: str | Path, resume: bool = False, *,
 def _run(recipe: Recipe, output: Path, resume: bool, accelerator, engine_factory, n_stages: int) -> RunResult:
     dist = Dist(accelerator or Accelerator(cpu=not torch.cuda.is_available()))
     _check_output(output, recipe, resume, dist)
+    recipe_backend = engine_factory is None  # the rollout backend is the recipe's (else the caller's)
     if engine_factory is None and any(s.type == "grpo" for s in recipe.stages[:n_stages]):
         check_backend_available(recipe.rollout)  # a missing vLLM fails here, before any model loads
         engine_factory = functools.partial(make_backend, recipe.rollout)
@@ -154,6 +155,8 @@ def _run(recipe: Recipe, output: Path, resume: bool, accelerator, engine_factory
     texts = [_stage_examples(recipe, i, tokenizer) for i in range(n_stages)]
     set_seed(recipe.seed)
     model, tag_ids = load_model(recipe.model, tokenizer, recipe.seed, from_dir=str(ckpt / "model") if ckpt else None)
+    if recipe_backend:
+        _check_rollout_model(recipe, model)
     datasets = [_tokenise(recipe, i, ex, rep, tokenizer, dist) for i, (ex, rep) in enumerate(texts)]
     _write_run_info(output, recipe, datasets, dist)
     run = _Run(recipe, output, dist, tokenizer, tag_ids, state, ckpt, engine_factory)
@@ -249,6 +252,18 @@ def _tokenise(recipe: Recipe, i: int, found, report: DataReport, tokenizer, dist
     if stage.batch_size % dist.world_size:
         raise RecipeError(f"{path}.batch_size: {stage.batch_size} does not split over {dist.world_size} processes")
     return data
+
+
+def _check_rollout_model(recipe: Recipe, model) -> None:
+    """Fail before the first stage when a GRPO stage, this run's or a later one's (a demo runs its
+    SFT stages first), names a rollout backend that cannot run this model here."""
+    if recipe.rollout.backend != "vllm" or not any(s.type == "grpo" for s in recipe.stages):
+        return
+    check_backend_available(recipe.rollout)
+    from parallel_r1.engine.vllm_backend import model_problem  # vLLM is installed: checked above
+
+    if (problem := model_problem(model.config)) is not None:
+        raise RecipeError(f"rollout.backend vllm: {problem}")
 
 
 def _write_run_info(output: Path, recipe: Recipe, datasets: list[StageData], dist: Dist) -> None:
