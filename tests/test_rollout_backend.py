@@ -232,3 +232,21 @@ def test_the_hf_engine_ignores_the_hand_over_without_reading_it():
 
     engine.update_weights(tensors())
     assert engine.shares_policy is True
+
+
+def test_copy_backend_refreshes_an_inner_backend_that_holds_its_own_weights():
+    """Regression: under FSDP the runner decodes through ``CopyBackend`` over an unsharded copy; an inner
+    backend with its own weights (vLLM) was never handed the copy's new tensors, so it sampled from
+    the weights it started with for the whole stage."""
+    from parallel_r1.engine.testing import char_tokenizer, random_qwen3
+    from parallel_r1.train.fsdp import CopyBackend
+
+    tok = char_tokenizer()
+    copy, policy = random_qwen3(len(tok), seed=0), random_qwen3(len(tok), seed=1)
+    inner = RecordingBackend(Engine(copy, tok))
+    CopyBackend(copy, inner).update_weights(policy.named_parameters())
+    assert len(inner.handed) == 1
+    expected = dict(policy.named_parameters())
+    assert inner.handed[0].keys() == expected.keys()
+    for name, tensor in inner.handed[0].items():
+        assert torch.equal(tensor, expected[name]), name
