@@ -259,7 +259,7 @@ class CopyBackend:
             del full
         missing = set(self._params) - seen
         assert not missing, f"update_weights: no tensor for {sorted(missing)[:3]} ({len(missing)} in all)"
-        if not self.inner.shares_policy:  # e.g. vLLM: it holds its own weights, refreshed from the copy
+        if self.inner is not None and not self.inner.shares_policy:  # e.g. vLLM: its own weights, from the copy
             self.inner.update_weights(self.model.named_parameters())
         self.handovers += 1
         self.last_handover = {"seconds": time.perf_counter() - start, "peak_gathered_bytes": peak,
