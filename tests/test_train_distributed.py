@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tiny_recipes import tiny_sft_recipe
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -69,19 +71,7 @@ def _sft_part(out: Path, tok_dir: str) -> None:
     from parallel_r1.train.config import recipe_from_dict
     from parallel_r1.train.runner import run_recipe
 
-    raw = {
-        "model": {"init": "scratch", "tokenizer": tok_dir,
-                  "config": {"model_type": "qwen3", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 4,
-                             "num_key_value_heads": 2, "head_dim": 8, "intermediate_size": 64,
-                             "max_position_embeddings": 512, "tie_word_embeddings": True}},
-        "stages": [{"name": "sft", "type": "sft", "steps": 3, "batch_size": 8, "micro_batch_size": 2, "max_length": 256,
-                    "data": {"factory": "parallel_r1.data.teacher:teacher_traces",
-                             "kwargs": {"seed": 0, "problems": {"factory": "parallel_r1.data.toy:toy_problems",
-                                                                "kwargs": {"split": "easy", "n": 16, "seed": 0}}}},
-                    "optimizer": {"lr": 1e-2}}],
-        "logging": {"progress": False, "tensorboard": False},
-        "threads": 1,
-    }  # fmt: skip
+    raw = tiny_sft_recipe(tok_dir, layers=1)
     run_recipe(recipe_from_dict(raw), out / "sft", accelerator=Accelerator(cpu=True))
 
 

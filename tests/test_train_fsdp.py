@@ -31,6 +31,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tiny_recipes import tiny_sft_recipe
+
 REPO = Path(__file__).resolve().parents[1]
 FSDP_CPU = REPO / "configs" / "accelerate" / "fsdp_cpu_2proc.yaml"
 # configs/smoke.yaml shrunk to fit 2 processes on 2 busy cores: checkpoints at 2, 4, 5 (SFT end), 6, 7 (end)
@@ -94,19 +96,7 @@ def grpo_run(dist, shard: bool, settings=None) -> dict:
 
 
 def sft_recipe(tok_dir: str) -> dict:
-    return {
-        "model": {"init": "scratch", "tokenizer": tok_dir,
-                  "config": {"model_type": "qwen3", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-                             "num_key_value_heads": 2, "head_dim": 8, "intermediate_size": 64,
-                             "max_position_embeddings": 512, "tie_word_embeddings": True}},
-        "stages": [{"name": "sft", "type": "sft", "steps": 3, "batch_size": 8, "micro_batch_size": 2, "max_length": 256,
-                    "data": {"factory": "parallel_r1.data.teacher:teacher_traces",
-                             "kwargs": {"seed": 0, "problems": {"factory": "parallel_r1.data.toy:toy_problems",
-                                                                "kwargs": {"split": "easy", "n": 16, "seed": 0}}}},
-                    "optimizer": {"lr": 1e-2}}],
-        "logging": {"progress": False, "tensorboard": False},
-        "threads": 1,
-    }  # fmt: skip
+    return tiny_sft_recipe(tok_dir, layers=2)
 
 
 class UnevenEngine:
