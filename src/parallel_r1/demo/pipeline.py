@@ -5,8 +5,9 @@ In order (each step a phase of the resource meter):
 2. train: ``configs/demo/demo.yaml`` through ``train.runner.run_recipe`` into ``DIR`` itself, so
    ``DIR/metrics.jsonl`` and ``DIR/checkpoints/`` are the runner's own: stage 0 (pretraining),
    cold-start SFT, GRPO with the alternating reward on hard problems with easy ones mixed in. Each
-   stage ends with a kept checkpoint. With ``processes`` > 1 (opt-in: ``demo --processes 2``) the SFT stages
-   run as that many data-parallel processes with the same global batch, then the GRPO stage resumes
+   stage ends with a kept checkpoint. With ``processes`` > 1 (the default on a machine with two cores)
+   the SFT stages run as that many data-parallel processes with the same global batch (and, under the
+   demo recipe's ``data_parallel: ordered``, the same parameters bit for bit), then the GRPO stage resumes
    in this process, while a background process evaluates the SFT stages' checkpoints (``demo.launch``);
 3. export: the final policy (with its tokenizer) copied to ``DIR/model``;
 4. eval: every stage's checkpoint (the last one loaded from ``DIR/model``) on the fixed held-out hard
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -53,12 +55,11 @@ class DemoConfig:
     # generation 10-50x slower in our measurements (README of the demo; report.json records the value).
     threads: int = 1
     # processes for the SFT stages (data parallel) and for evaluating beside the GRPO stage; 1 runs
-    # everything in this process, one stage after another. 1 by default: 2 processes cut the wall time
-    # by a quarter (653 s against 877 s on one 2-core host), but their gradient sums round in another
-    # order, and over stage 0's 2000 steps that grows into a different model: the held-out figures
-    # moved by more than their evaluation noise (README, Demo results), so the default stays the run
-    # the README's figures come from, to the digit.
-    processes: int = 1
+    # everything in this process, one stage after another. Default: two where the machine has two
+    # cores. The recipe's ``data_parallel: ordered`` makes the two-process SFT stages end at the
+    # one-process parameters bit for bit (train/ordered.py), so the figures do not depend on it; a
+    # user on a shared machine passes --processes 1 to stay on one core.
+    processes: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
 
     def __post_init__(self) -> None:
         self.output, self.recipe = Path(self.output), Path(self.recipe)

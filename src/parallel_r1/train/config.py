@@ -173,6 +173,12 @@ class Recipe:
     # torch CPU threads for this run (None: torch's default). Tiny models gain nothing from more than
     # one, and on a busy machine a spinning OpenMP team can make them many times slower.
     threads: int | None = None
+    # Under several processes: "ddp" (each process a share of the batch, gradients all-reduced: the
+    # update equals the one-process one up to the order of float sums) or "ordered" (every process
+    # holds the whole batch, computes whole micro-batches and sums their gradients in one-process
+    # order: SFT stages end at the one-process parameters bit for bit, for an all-reduce of
+    # micro-batches x parameters floats a step; small models only; train/ordered.py).
+    data_parallel: Literal["ddp", "ordered"] = "ddp"
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     rollout: RolloutConfig = _default("RolloutConfig")  # the GRPO stages' rollout backend

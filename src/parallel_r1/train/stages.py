@@ -23,7 +23,7 @@ import torch
 from parallel_r1.engine.backend import RolloutBackend
 from parallel_r1.rewards import get_reward, get_scorer
 from parallel_r1.train.config import GRPOStage, SFTStage
-from parallel_r1.train.data import DataOrder, DataReport, Example, encode_prompt, encode_response, shard
+from parallel_r1.train.data import DataOrder, DataReport, Example, encode_prompts, encode_responses, shard
 from parallel_r1.train.dist import Dist
 from parallel_r1.train.grpo import BatchBuilder, grpo_update
 from parallel_r1.train.metrics import empty_rollout_metrics, rollout_metrics
@@ -66,8 +66,10 @@ class StepContext:
 
 def prepare_sft(examples: Sequence[Example], stage: SFTStage, tokenizer, chat: bool, report: DataReport) -> StageData:
     pairs = []
-    for ex in examples:
-        pair = Pair(encode_prompt(tokenizer, ex.prompt, chat), encode_response(tokenizer, ex.response))
+    prompts = encode_prompts(tokenizer, [ex.prompt for ex in examples], chat)
+    responses = encode_responses(tokenizer, [ex.response for ex in examples])
+    for ex, prompt, response in zip(examples, prompts, responses, strict=True):
+        pair = Pair(prompt, response)
         if len(pair) > stage.max_length:
             report.skip(f"longer than max_length {stage.max_length}", ex.id)
         else:
@@ -78,8 +80,7 @@ def prepare_sft(examples: Sequence[Example], stage: SFTStage, tokenizer, chat: b
 
 def prepare_grpo(examples: Sequence[Example], stage: GRPOStage, tokenizer, chat: bool, report: DataReport) -> StageData:
     items = []
-    for ex in examples:
-        ids = encode_prompt(tokenizer, ex.prompt, chat)
+    for ex, ids in zip(examples, encode_prompts(tokenizer, [ex.prompt for ex in examples], chat), strict=True):
         if len(ids) > stage.max_prompt_tokens:
             report.skip(f"prompt longer than max_prompt_tokens {stage.max_prompt_tokens}", ex.id)
         else:
@@ -102,7 +103,8 @@ def sft_train_step(ctx: StepContext, stage: SFTStage, data: StageData, order: Da
     rows = [data.items[i] for i in order.next_batch(stage.batch_size)]
     # Longest first before sharding: every process gets a similar mix of lengths.
     rows.sort(key=len, reverse=True)
-    mine = shard(rows, ctx.dist.rank, ctx.dist.world_size)
+    # ordered data parallelism: every process holds the whole batch and computes some micro-batches
+    mine = rows if ctx.dist.ordered else shard(rows, ctx.dist.rank, ctx.dist.world_size)
     cfg = SFTConfig(micro_batch_size=stage.micro_batch_size, max_grad_norm=stage.optimizer.max_grad_norm)
     out = sft_step(ctx.model, ctx.optimizer, mine, cfg, ctx.build, ctx.dist)
     elapsed = time.perf_counter() - start
