@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from parallel_r1.demo.launch import EvalChild, train_sft_stages
+from parallel_r1.demo.launch import EvalChild, train_sft_stages, train_stages
 from parallel_r1.demo.recipes import to_recipe
 from parallel_r1.train.runner import run_recipe
 
@@ -82,6 +82,25 @@ def test_ordered_two_process_sft_stages_equal_one_process_bit_for_bit_then_grpo_
 
 
 @pytest.mark.slow
+def test_ordered_two_processes_run_sft_and_grpo_stages_as_one_process_bit_for_bit(tmp_path, tok_dir):
+    raw = {**_raw(tok_dir), "data_parallel": "ordered"}
+    raw["stages"][2].update(batch_size=3, num_samples=3, micro_batch_size=2,  # odd counts: uneven splits
+                            grpo={"minibatch_groups": 1, "ppo_epochs": 2})  # 3 minibatches, 2 passes
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_recipe(to_recipe(raw), one)
+    polls = []
+    train_stages(raw, two, processes=2, threads=1, timeout=300, poll=lambda: polls.append(1))
+    assert json.loads((two / "run_info.json").read_text())["world_size"] == 2
+    assert polls, "poll() is called while the processes train"
+    rows = [[{k: v for k, v in r.items() if k not in TIMING} for r in _metrics(d)] for d in (one, two)]
+    assert [r["stage"] for r in rows[1]] == ["a"] * 3 + ["b"] * 2 + ["rl"] * 2
+    assert rows[1][-1]["optimizer_steps"] == 6
+    assert rows[0] == rows[1]
+    w1, w2 = _weights(one, 7), _weights(two, 7)
+    assert all(torch.equal(w2[name], p) for name, p in w1.items())
+
+
+@pytest.mark.slow
 def test_ddp_two_process_sft_stages_match_one_process_up_to_summation_order(tmp_path, tok_dir):
     raw = _raw(tok_dir)
     one, two = tmp_path / "one", tmp_path / "two"
@@ -99,7 +118,7 @@ def test_ddp_two_process_sft_stages_match_one_process_up_to_summation_order(tmp_
 def test_a_failing_training_child_fails_loudly_with_its_traceback(tmp_path, tok_dir):
     raw = _raw(tok_dir)
     raw["stages"][0]["data"]["kwargs"]["problems"]["kwargs"]["no_such_argument"] = 1
-    with pytest.raises(RuntimeError, match="2-process SFT training failed") as info:
+    with pytest.raises(RuntimeError, match="2-process training failed") as info:
         train_sft_stages(raw, tmp_path / "run", processes=2, threads=1, timeout=300)
     assert "no_such_argument" in str(info.value) and "train-rank0.err" in str(info.value)
 
@@ -124,7 +143,7 @@ def test_quick_demo_on_two_processes_evaluates_in_the_background_as_in_process(t
     assert report["config"]["processes"] == 2
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in rows] == ["stage0"] * 40 + ["sft"] * 10 + ["rl"] * 2
-    assert json.loads((out / "run_info.json").read_text())["world_size"] == 1
+    assert json.loads((out / "run_info.json").read_text())["world_size"] == 2  # every stage, ordered
     assert "stage0-own-prompt" in (out / "logs" / "eval.log").read_text()  # evaluated by the child
     again = Demo(DemoConfig(tmp_path / "again", quick=True, processes=1))
     again.cfg.output.mkdir()

@@ -21,11 +21,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 LOG_DIR = "logs"
 TAIL_CHARS = 6000
+POLL_S = 1.0  # how often the demo looks for finished stages while the training processes run
 
 
 def leading_sft_stages(raw: dict) -> int:
@@ -54,12 +57,22 @@ def train_sft_stages(raw: dict, output: Path, processes: int, threads: int, time
     ``processes`` processes; raises ``RuntimeError`` with the failing rank's traceback."""
     n = leading_sft_stages(raw)
     assert n >= 1, "the recipe starts with no SFT stage"
-    for i, stage in enumerate(raw["stages"][:n]):
-        if stage["batch_size"] % processes:
-            from parallel_r1.train.config import RecipeError
+    train_stages(raw, output, processes, threads, stages=n, timeout=timeout)
 
-            raise RecipeError(f"stages[{i}].batch_size: {stage['batch_size']} does not split over {processes} "
-                              f"processes (pass --processes 1)")  # fmt: skip
+
+def train_stages(raw: dict, output: Path, processes: int, threads: int, stages: int | None = None,
+                 timeout: float | None = None, poll: Callable[[], None] | None = None) -> None:  # fmt: skip
+    """Run the first ``stages`` stages (all: None) of the recipe ``raw`` into ``output`` on
+    ``processes`` processes, calling ``poll()`` about once a second while they train; raises
+    ``RuntimeError`` with the failing rank's traceback."""
+    n = len(raw["stages"]) if stages is None else stages
+    if raw.get("data_parallel", "ddp") != "ordered":  # ddp splits every batch; ordered gives each process all
+        for i, stage in enumerate(raw["stages"][:n]):
+            if stage["batch_size"] % processes:
+                from parallel_r1.train.config import RecipeError
+
+                raise RecipeError(f"stages[{i}].batch_size: {stage['batch_size']} does not split over {processes} "
+                                  f"processes (pass --processes 1)")  # fmt: skip
     logs = output / LOG_DIR
     logs.mkdir(parents=True, exist_ok=True)
     spec = logs / "train-spec.json"
@@ -69,10 +82,22 @@ def train_sft_stages(raw: dict, output: Path, processes: int, threads: int, time
     # --standalone: a local rendezvous on a free port; torchrun stops every rank when one fails
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
            "-m", "parallel_r1.demo.launch", "train", str(spec)]  # fmt: skip
-    done = subprocess.run(cmd, env=child_env(threads), stdout=subprocess.DEVNULL, timeout=timeout)
-    if done.returncode != 0:
+    proc = subprocess.Popen(cmd, env=child_env(threads), stdout=subprocess.DEVNULL)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while proc.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(cmd, timeout)
+            if poll is not None:
+                poll()
+            time.sleep(POLL_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0:
         errors = "\n".join(f"--- {p.name}\n{_tail(p)}" for p in sorted(logs.glob("train-rank*.err")))
-        raise RuntimeError(f"the {processes}-process SFT training failed (torchrun exit {done.returncode}):\n"
+        raise RuntimeError(f"the {processes}-process training failed (torchrun exit {proc.returncode}):\n"
                            f"{errors or '(no traceback written; see the output above)'}")  # fmt: skip
 
 

@@ -73,18 +73,27 @@ class DemoConfig:
         assert self.processes >= 1, f"processes must be >= 1, got {self.processes}"
 
 
-def stage_checkpoints(run_dir: Path, names: list[str]) -> dict[str, Path]:
-    """The checkpoint that closes each of the stages ``names`` (the first ``len(names)`` of the recipe;
-    ``trainer_state.json`` says which stage and that it is done)."""
+def finished_stages(run_dir: Path, names: list[str]) -> dict[str, Path]:
+    """The checkpoints, so far, that close stages among ``names`` (the first ``len(names)`` of the
+    recipe; ``trainer_state.json`` says which stage and that it is done)."""
     from parallel_r1.train.checkpoint import read_state
 
     found: dict[str, Path] = {}
     for path in sorted((run_dir / "checkpoints").glob("step-*")):
-        if path.name.endswith(".tmp"):
+        if path.name.endswith(".tmp"):  # a checkpoint is renamed from .tmp once complete
             continue
-        state = read_state(path)
+        try:
+            state = read_state(path)
+        except FileNotFoundError:  # rotated away by a running trainer since the glob
+            continue
         if state.stage_done and state.stage_index < len(names):
             found[names[state.stage_index]] = path
+    return found
+
+
+def stage_checkpoints(run_dir: Path, names: list[str]) -> dict[str, Path]:
+    """The checkpoint that closes each of the stages ``names``; all must exist."""
+    found = finished_stages(run_dir, names)
     missing = [n for n in names if n not in found]
     assert not missing, f"{run_dir}: no end-of-stage checkpoint for {missing}"
     return found
@@ -163,7 +172,7 @@ class Demo:
 
     def train(self):
         """Train every stage; with ``processes`` > 1 returns the ``EvalChild`` evaluating the SFT stages."""
-        from parallel_r1.demo.launch import EvalChild, leading_sft_stages, train_sft_stages
+        from parallel_r1.demo.launch import leading_sft_stages, train_sft_stages, train_stages
         from parallel_r1.train.runner import run_recipe
 
         steps = ", ".join(f"{s.name}: {s.steps} steps" for s in self.recipe.stages)
@@ -174,18 +183,40 @@ class Demo:
         if cfg.processes == 1 or n_sft == len(self.names):
             run_recipe(self.recipe, out)
             return None
-        train_sft_stages(self.raw, out, cfg.processes, cfg.threads)
-        done = stage_checkpoints(out, self.names[:n_sft])
+        if self.recipe.data_parallel != "ordered":  # ddp: the SFT stages on N processes, GRPO here on one
+            train_sft_stages(self.raw, out, cfg.processes, cfg.threads)
+            background = self._evaluate_sft_stages(n_sft)
+            try:
+                run_recipe(self.recipe, out, resume=True)
+            except BaseException:
+                background.stop()
+                raise
+            return background
+        # ordered: every stage on N processes (the one-process run bit for bit); the SFT stages'
+        # checkpoints are evaluated in the background as soon as the last of them is written
+        started: list = []
+
+        def poll() -> None:
+            if not started and len(finished_stages(out, self.names[:n_sft])) == n_sft:
+                started.append(self._evaluate_sft_stages(n_sft))
+
+        try:
+            train_stages(self.raw, out, cfg.processes, cfg.threads, poll=poll)
+            poll()
+        except BaseException:
+            for child in started:
+                child.stop()
+            raise
+        return started[0]
+
+    def _evaluate_sft_stages(self, n_sft: int):
+        from parallel_r1.demo.launch import EvalChild
+
+        done = stage_checkpoints(self.cfg.output, self.names[:n_sft])
         jobs = {n: (done[n] / "model", self.settings) for n in self.names[:n_sft]}
         if FIRST in done:
             jobs[f"{FIRST}-own-prompt"] = (done[FIRST] / "model", self.own)
-        background = EvalChild(self, jobs, cfg.threads)
-        try:
-            run_recipe(self.recipe, out, resume=True)  # the GRPO stage(s), in this process
-        except BaseException:
-            background.stop()
-            raise
-        return background
+        return EvalChild(self, jobs, self.cfg.threads)
 
     def _background_results(self, background) -> dict:
         if background is None:
@@ -233,7 +264,8 @@ class Demo:
 
         with self.meter.phase("report"):
             report = build_report(self)
-        report["resources"] = {**self.meter.summary(), "processes": self.cfg.processes}
+        report["resources"] = {**self.meter.summary(), "processes": self.cfg.processes,
+                               "data_parallel": self.recipe.data_parallel}  # fmt: skip
         report["targets"] = targets(report)
         (self.cfg.output / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
         write_markdown(self, report)

@@ -273,7 +273,7 @@ def resources_md(res: dict | None) -> list[str]:
         "machine and wall time is pessimistic).",
         "",
         f"Phases: {phases}.",
-        *_processes_md(res.get("processes", 1), report["recipe"].get("data_parallel", "ddp")),
+        *_processes_md(res.get("processes", 1), res.get("data_parallel", "ddp")),
     ]
 
 

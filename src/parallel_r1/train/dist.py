@@ -38,20 +38,45 @@ class Dist:
         return self.rank == 0
 
     def sum(self, values: list[float] | torch.Tensor) -> torch.Tensor:
-        """Element-wise sum over processes of a small float64 vector (on CPU on return)."""
+        """Element-wise sum over processes of their shares of a batch, a small float64 vector (on CPU
+        on return). Under ``ordered`` every process holds the whole batch: its values are the total."""
         t = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
-        if self.world_size > 1:
+        if self.world_size > 1 and not self.ordered:
             t = self.accelerator.reduce(t.to(self.device), reduction="sum")
         return t.cpu()
+
+    @property
+    def grad_scale(self) -> int:
+        """Loss factor that undoes the processes' gradient averaging (DDP, FSDP); 1 under ``ordered``,
+        whose gradients are summed, not averaged."""
+        return 1 if self.ordered else self.world_size
 
     def all_reduce_sum(self, t: torch.Tensor) -> None:
         """In-place element-wise sum over processes of a tensor of any size (a no-op for one)."""
         if self.world_size > 1:
             torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
 
+    def broadcast_object(self, obj):
+        """Process 0's ``obj`` on every process (pickled; the others pass anything, e.g. None)."""
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather_objects(self, obj) -> list:
+        """Every process's ``obj``, in rank order, on every process (pickled)."""
+        if self.world_size == 1:
+            return [obj]
+        out = [None] * self.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
     def any(self, flag: bool) -> bool:
         """True on every process when ``flag`` is True on any (e.g. a Ctrl-C seen by one of them)."""
-        return bool(self.sum([float(flag)])[0] > 0)
+        t = torch.tensor([float(flag)], dtype=torch.float64)
+        self.all_reduce_sum(t)
+        return bool(t[0] > 0)
 
     def backward(self, loss: torch.Tensor) -> None:
         if self.accelerator is not None and not (self.sharded or self.ordered):

@@ -54,6 +54,7 @@ from parallel_r1.train.batching import TrainBatch, scatter_response
 from parallel_r1.train.dist import Dist
 from parallel_r1.train.logprobs import response_logprobs
 from parallel_r1.train.optim import clip_and_step
+from parallel_r1.train.ordered import accumulate_in_order, owners
 
 # (prompts, responses) -> TrainBatch, with tag ids, mode and padding already bound.
 BatchBuilder = Callable[[Sequence[Sequence[int]], Sequence[Sequence[int]]], TrainBatch]
@@ -222,7 +223,7 @@ def grpo_update(
     assert micro_batch_size >= 1, f"micro_batch_size must be >= 1, got {micro_batch_size}"
     assert (cfg.kl_coef > 0) == (ref_model is not None), "kl_coef > 0 needs a ref_model, and only then"
     groups = cfg.minibatch_groups
-    if groups is not None:
+    if groups is not None and not dist.ordered:  # ordered: every process holds every group
         assert groups % dist.world_size == 0, f"minibatch_groups {groups} does not split over {dist.world_size} processes"
         groups //= dist.world_size
     score = functools.partial(response_logprobs, temperature=temperature if temperature > 0 else 1.0,
@@ -282,21 +283,33 @@ def _batch(rows: list[_Row], build: BatchBuilder, model: torch.nn.Module, dist: 
 def _fill_old_logprobs(model, ref_model, plan, run: _Pass, build: BatchBuilder, dist: Dist) -> None:
     """Old (and reference) log-probs per row, from the very micro-batches the update trains on.
 
-    The first minibatch's old log-probs are left to its training forward (module docstring, point 2)."""
+    The first minibatch's old log-probs are left to its training forward (module docstring, point 2).
+    Under ``dist.ordered`` each micro-batch is scored by one process and the rows' values shared."""
+    done = {}  # (minibatch, micro-batch) -> (old, ref) per row
     for k, minibatch in enumerate(plan):
         if k == 0 and ref_model is None:
             continue
-        for micro in minibatch:
+        owner = owners(_costs(minibatch), dist.world_size) if dist.ordered else [dist.rank] * len(minibatch)
+        for j, micro in enumerate(minibatch):
+            if owner[j] != dist.rank:
+                continue
             batch = _batch(micro, build, model, dist)
             score = functools.partial(run.score, batch=batch)
             old = score(model)[0] if k > 0 else None
             ref = score(ref_model)[0] if ref_model is not None else None
-            for i, row in enumerate(micro):
-                sel = batch.response_mask[i]
-                if old is not None:
-                    row.old_logprobs = old[i][sel].tolist()
-                if ref is not None:
-                    row.ref_logprobs = ref[i][sel].tolist()
+            masks = batch.response_mask
+            done[k, j] = [(None if old is None else old[i][masks[i]].tolist(),
+                           None if ref is None else ref[i][masks[i]].tolist()) for i in range(len(micro))]  # fmt: skip
+    for part in dist.gather_objects(done) if dist.ordered else [done]:
+        for (k, j), values in part.items():
+            for row, (old, ref) in zip(plan[k][j], values, strict=True):
+                row.old_logprobs = old if old is not None else row.old_logprobs
+                row.ref_logprobs = ref if ref is not None else row.ref_logprobs
+
+
+def _costs(minibatch: list[list[_Row]]) -> list[int]:
+    """Padded tokens of each micro-batch: what ordered data parallelism balances."""
+    return [len(micro) * max(len(r.prompt_ids) + len(r.response_ids) for r in micro) for micro in minibatch]
 
 
 def _minibatch_step(model, optimizer, minibatch, cfg: GRPOConfig, run: _Pass, build, dist: Dist) -> dict | None:
@@ -306,10 +319,16 @@ def _minibatch_step(model, optimizer, minibatch, cfg: GRPOConfig, run: _Pass, bu
     if n_tokens == 0:
         return None
     optimizer.zero_grad(set_to_none=True)
-    sums = torch.zeros(7, dtype=torch.float64)  # loss, clipped, ratio, entropy, kl, ppo_kl, fwd tokens
-    for k, micro in enumerate(minibatch):
-        with dist.no_sync(model, active=k < len(minibatch) - 1):
-            sums += _micro_backward(model, micro, cfg, run, build, dist, n_tokens)
+    if dist.ordered:  # train/ordered.py: whole micro-batches per process, gradients summed in order
+        pending = [j for j, micro in enumerate(minibatch) if micro[0].old_logprobs is None]
+        sums = accumulate_in_order(model, _costs(minibatch), lambda j: _micro_backward(
+            model, minibatch[j], cfg, run, build, dist, n_tokens), 7, dist)  # fmt: skip
+        _share_first_old_logprobs(minibatch, pending, dist)
+    else:
+        sums = torch.zeros(7, dtype=torch.float64)  # loss, clipped, ratio, entropy, kl, ppo_kl, fwd tokens
+        for k, micro in enumerate(minibatch):
+            with dist.no_sync(model, active=k < len(minibatch) - 1):
+                sums += _micro_backward(model, micro, cfg, run, build, dist, n_tokens)
     grad_norm, finite = clip_and_step(model, optimizer, dist, run.max_grad_norm)
     if finite and run.on_step is not None:  # a skipped (non-finite) step leaves the weights as they were
         run.on_step()
@@ -326,6 +345,16 @@ def _minibatch_step(model, optimizer, minibatch, cfg: GRPOConfig, run: _Pass, bu
         "tokens": int(n_tokens),
         "forward_tokens": int(total[6]),
     }
+
+
+def _share_first_old_logprobs(minibatch: list[list[_Row]], pending: list[int], dist: Dist) -> None:
+    """Ordered: the old log-probs that micro-batches ``pending`` took from their own training forward
+    (first minibatch) were set on the process that ran each; copy them to every process."""
+    mine = {j: [r.old_logprobs for r in minibatch[j]] for j in pending if minibatch[j][0].old_logprobs is not None}
+    for part in dist.gather_objects(mine):
+        for j, values in part.items():
+            for row, old in zip(minibatch[j], values, strict=True):
+                row.old_logprobs = old
 
 
 def _micro_backward(model, micro: list[_Row], cfg: GRPOConfig, run: _Pass, build, dist: Dist, n_tokens: float):
@@ -349,7 +378,7 @@ def _micro_backward(model, micro: list[_Row], cfg: GRPOConfig, run: _Pass, build
         per_token = per_token + cfg.kl_coef * kl
     # DDP averages gradients over processes, hence the world-size factor: the result is the
     # gradient of (sum of all processes' token losses) / (all processes' token count).
-    loss = (per_token * mask).sum() / n_tokens * dist.world_size
+    loss = (per_token * mask).sum() / n_tokens * dist.grad_scale
     dist.backward(loss)
     with torch.no_grad():
         return torch.tensor(

@@ -180,15 +180,16 @@ def _run(recipe: Recipe, output: Path, resume: bool, accelerator, engine_factory
 
 
 def _check_data_parallel(recipe: Recipe, dist: Dist, n_stages: int) -> None:
-    """``data_parallel: ordered`` covers SFT stages on replicated models; refuse the rest up front."""
+    """``data_parallel: ordered`` replicates the model and samples on process 0 with the branching
+    engine; refuse what it cannot run, up front."""
     if not dist.ordered:
         return
     if FSDPSettings.from_env().enabled:
         raise RecipeError("data_parallel: ordered replicates the model on every process; it cannot run under FSDP")
     grpo = [s.name for s in recipe.stages[:n_stages] if s.type == "grpo"]
-    if grpo:
-        raise RecipeError(f"data_parallel: ordered runs SFT stages only; GRPO stage(s) {grpo} need one process or "
-                          f"data_parallel: ddp")  # fmt: skip
+    if grpo and recipe.rollout.backend != "hf":
+        raise RecipeError(f"data_parallel: ordered samples GRPO stage(s) {grpo} on process 0 with the hf backend, "
+                          f"not {recipe.rollout.backend}; use data_parallel: ddp or one process")  # fmt: skip
 
 
 def _check_output(output: Path, recipe: Recipe, resume: bool, dist: Dist) -> None:
@@ -265,7 +266,7 @@ def _tokenise(recipe: Recipe, i: int, found, report: DataReport, tokenizer, dist
     if len(data.items) < stage.batch_size:
         raise RecipeError(f"{path}.batch_size: {stage.batch_size} is more than the {len(data.items)} usable rows "
                           f"({report.summary()})")  # fmt: skip
-    if stage.batch_size % dist.world_size:
+    if stage.batch_size % dist.world_size and not dist.ordered:  # ordered: every process holds the batch
         raise RecipeError(f"{path}.batch_size: {stage.batch_size} does not split over {dist.world_size} processes")
     return data
 

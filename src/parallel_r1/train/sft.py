@@ -65,25 +65,23 @@ def sft_step(
     A non-finite gradient norm (NaN / inf loss) skips the optimiser step; ``stepped`` says so.
     """
     dist = dist or Dist(device=next(model.parameters()).device)
-    ordered = dist.ordered and dist.world_size > 1
     local = sum(len(p.response_ids) for p in pairs)
-    n_tokens = float(local) if ordered else float(dist.sum([local])[0])  # the token mean's denominator
+    n_tokens = float(dist.sum([local])[0])  # the token mean's denominator, all processes
     assert n_tokens > 0, "an SFT batch without response tokens"
     optimizer.zero_grad(set_to_none=True)
     micros = micro_batches(pairs, cfg.micro_batch_size)
     dtype = next(model.parameters()).dtype
-    # DDP averages gradients over processes; the factor makes it the global token mean.
-    scale = 1.0 if ordered else float(dist.world_size)
 
     def backward(k: int) -> torch.Tensor:  # (2,) float64: summed loss, forward tokens
         batch = build([p.prompt_ids for p in micros[k]], [p.response_ids for p in micros[k]])
         batch = batch.to(dist.device, dtype)
         logprobs, _ = response_logprobs(model, batch)
         token_loss = -(logprobs * batch.response_mask).sum()
-        dist.backward(token_loss / n_tokens * scale)
+        # DDP averages gradients over processes; the factor makes it the global token mean.
+        dist.backward(token_loss / n_tokens * dist.grad_scale)
         return torch.tensor([float(token_loss.detach()), batch.num_tokens], dtype=torch.float64)
 
-    if ordered:
+    if dist.ordered:
         costs = [len(m) * max(len(p) for p in m) for m in micros]  # padded tokens
         total = accumulate_in_order(model, costs, backward, 2, dist)
     else:

@@ -135,14 +135,15 @@ def grpo_train_step(ctx: StepContext, stage: GRPOStage, data: StageData, order: 
                     stage_step: int, global_step: int) -> dict:  # fmt: skip
     start = time.perf_counter()
     items = [data.items[i] for i in order.next_batch(stage.batch_size)]
-    mine = shard(items, ctx.dist.rank, ctx.dist.world_size)
-    step_seed = (ctx.seed * 1_000_003 + global_step) * 4096 + ctx.dist.rank
-    assert stage.generation.mode == ctx.mode, "the recipe sets every stage's sampling mode (config.recipe_from_dict)"
-    config = replace(stage.generation, seed=step_seed)
-    rollouts = ctx.engine.generate([it.prompt_ids for it in mine], stage.num_samples, config)
+    if ctx.dist.ordered:  # process 0 samples the whole batch as one process would; the others wait
+        mine = items
+        sampled = _sample(ctx, stage, mine, stage_step, global_step) if ctx.dist.is_main else None
+        rollouts, verdicts = ctx.dist.broadcast_object(sampled)
+    else:
+        mine = shard(items, ctx.dist.rank, ctx.dist.world_size)
+        rollouts, verdicts = _sample(ctx, stage, mine, stage_step, global_step)
     generated = time.perf_counter()
     reward = get_reward(stage.reward.name, **stage.reward.params)
-    verdicts = reward_rollouts(rollouts, [mine[r.prompt_index].answer for r in rollouts], stage, stage_step)
     metrics = rollout_metrics(rollouts, verdicts, ctx.dist)
     backend = ctx.engine
     stats = grpo_update(ctx.model, ctx.optimizer, rollouts, stage.grpo, ctx.build,
@@ -160,6 +161,16 @@ def grpo_train_step(ctx: StepContext, stage: GRPOStage, data: StageData, order: 
         "update_time_s": end - generated,
         "tokens_per_s": stats.tokens / (end - start),
     }
+
+
+def _sample(ctx: StepContext, stage: GRPOStage, mine: Sequence[PromptItem], stage_step: int, global_step: int):
+    """``num_samples`` rollouts of each prompt of ``mine``, judged and rewarded: (rollouts, verdicts)."""
+    step_seed = (ctx.seed * 1_000_003 + global_step) * 4096 + ctx.dist.rank
+    assert stage.generation.mode == ctx.mode, "the recipe sets every stage's sampling mode (config.recipe_from_dict)"
+    config = replace(stage.generation, seed=step_seed)
+    rollouts = ctx.engine.generate([it.prompt_ids for it in mine], stage.num_samples, config)
+    verdicts = reward_rollouts(rollouts, [mine[r.prompt_index].answer for r in rollouts], stage, stage_step)
+    return rollouts, verdicts
 
 
 def policy_tensors(policy: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
