@@ -161,6 +161,9 @@ def _eval_worker(spec_path: str) -> None:
 
     spec = pickle.loads(Path(spec_path).read_bytes())
     torch.set_num_threads(spec["cfg"].threads)
+    # below the training processes: they take the core back as soon as they wake (the GRPO stage's
+    # second process sleeps while the first samples; this child fills that time)
+    os.nice(10)
     demo = Demo(spec["cfg"], Console(stderr=True, force_terminal=False))
     for name, (model_dir, settings) in spec["jobs"].items():
         demo.evaluate(name, Path(model_dir), settings=settings)

@@ -270,7 +270,9 @@ def resources_md(res: dict | None) -> list[str]:
         f"(largest child {res['peak_rss_mb']['largest_child']:.0f} MB), {res['torch_threads']} torch threads on "
         f"{res['cpu_count']} CPUs; load average {res['load_average_start'][0]} at the start, "
         f"{res['load_average_end'][0]} at the end (a load above the CPU count means other work shared the "
-        "machine and wall time is pessimistic).",
+        "machine and wall time is pessimistic); "
+        + (f"{res['steal_s']:.0f} s of CPU time stolen by the hypervisor (other guests of the host)."
+           if res.get("steal_s") is not None else "steal time not reported here."),
         "",
         f"Phases: {phases}.",
         *_processes_md(res.get("processes", 1), res.get("data_parallel", "ddp")),

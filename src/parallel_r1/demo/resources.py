@@ -6,6 +6,9 @@
 2. Peak RSS is ``getrusage(...).ru_maxrss`` (KiB on Linux) of this process; the largest reaped child
    (e.g. a math-verify worker) is reported beside it, not added: children run at the same time as
    this process but are small.
+3. Steal time (Linux ``/proc/stat``, all CPUs): seconds the hypervisor gave this virtual machine's
+   CPUs to other guests. On a shared host it slows every stage without showing in the load average;
+   a run with steal is not a quiet-host measurement. ``None`` where the kernel does not report it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,16 @@ def cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
+def steal_seconds() -> float | None:
+    """CPU time stolen from this machine's CPUs so far, summed over CPUs (``/proc/stat``)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")  # cpu user nice system idle iowait irq softirq steal
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def peak_rss_mb() -> dict:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -35,6 +48,7 @@ class Meter:
     start_wall: float = field(default_factory=time.perf_counter)
     start_cpu: float = field(default_factory=cpu_seconds)
     load_start: tuple[float, float, float] = field(default_factory=os.getloadavg)
+    steal_start: float | None = field(default_factory=steal_seconds)
     phases: dict[str, dict] = field(default_factory=dict)
 
     @contextmanager
@@ -58,5 +72,10 @@ class Meter:
             "cpu_count": os.cpu_count(),
             "load_average_start": [round(x, 2) for x in self.load_start],
             "load_average_end": [round(x, 2) for x in os.getloadavg()],
+            "steal_s": _since(self.steal_start, steal_seconds()),
             "phases": self.phases,
         }
+
+
+def _since(start: float | None, now: float | None) -> float | None:
+    return None if start is None or now is None else round(now - start, 1)

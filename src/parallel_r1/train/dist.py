@@ -56,6 +56,14 @@ class Dist:
         if self.world_size > 1:
             torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
 
+    def all_gather(self, t: torch.Tensor) -> list[torch.Tensor]:
+        """Every process's ``t`` (same shape everywhere), in rank order."""
+        if self.world_size == 1:
+            return [t]
+        out = [torch.empty_like(t) for _ in range(self.world_size)]
+        torch.distributed.all_gather(out, t)
+        return out
+
     def broadcast_object(self, obj):
         """Process 0's ``obj`` on every process (pickled; the others pass anything, e.g. None)."""
         if self.world_size == 1:

@@ -8,14 +8,15 @@ Here every process holds the whole batch and its micro-batches; each micro-batch
 by one process (``owners``: the largest first, onto the least loaded process), and every
 micro-batch's gradient travels on its own:
 
-    grads: (micro-batches, parameters) float buffer, row k filled by k's owner, zeros elsewhere
-    all-reduce(sum) -> row k is exactly micro-batch k's gradient on every process (x + 0 == x)
+    grads: (micro-batches this process owns, parameters), computed from an empty .grad each
+    all-gather -> every process holds every micro-batch's gradient g_k, exactly as computed
     .grad = ((g_0 + g_1) + g_2) + ...   the order in which one process's backward passes accumulate
 
 so every process ends the step with the gradient one process computes, and all take the same
-optimiser step. The price is an all-reduce of (micro-batches x parameters) floats per step instead of
-one gradient: right for small models on CPU cores (the demo's 0.17 M parameters: 2.7 MB a step), not
-for large ones (use DDP or FSDP there). The recipe's ``data_parallel: ordered`` selects it.
+optimiser step. The price is an all-gather of (micro-batches x parameters) floats per step instead
+of an all-reduce of one gradient: right for small models on CPU cores (the demo's 0.17 M parameters:
+2.7 MB a step), not for large ones (use DDP or FSDP there). The recipe's ``data_parallel: ordered``
+selects it.
 """
 
 from __future__ import annotations
@@ -53,27 +54,27 @@ def accumulate_in_order(
     cost (e.g. padded tokens)."""
     params = [p for p in model.parameters() if p.requires_grad]
     owner = owners(costs, dist.world_size)
-    grads = params[0].new_zeros(len(owner), sum(p.numel() for p in params))  # (micro-batches, parameters)
-    stats = torch.zeros(len(owner), n_stats, dtype=torch.float64)  # (micro-batches, statistics)
-    for k, rank in enumerate(owner):
-        if rank != dist.rank:
-            continue
+    mine = [k for k, rank in enumerate(owner) if rank == dist.rank]
+    rows = max(owner.count(r) for r in range(dist.world_size))  # the most micro-batches any process owns
+    grads = params[0].new_zeros(rows, sum(p.numel() for p in params))  # (rows, parameters): mine, padded
+    stats = torch.zeros(rows, n_stats, dtype=torch.float64)
+    for i, k in enumerate(mine):
         for p in params:
             p.grad = None
-        stats[k] = backward(k)
-        missing = [i for i, p in enumerate(params) if p.grad is None]
+        stats[i] = backward(k)
+        missing = [j for j, p in enumerate(params) if p.grad is None]
         assert not missing, f"micro-batch {k} left parameters {missing} without a gradient"
-        grads[k] = torch.cat([p.grad.reshape(-1) for p in params])
-    dist.all_reduce_sum(grads)
-    dist.all_reduce_sum(stats)
-    total = grads[0].clone()
-    for k in range(1, len(owner)):
-        total += grads[k]
+        grads[i] = torch.cat([p.grad.reshape(-1) for p in params])
+    by_rank = list(zip(dist.all_gather(grads), dist.all_gather(stats), strict=True))
+    index = [owner[:k].count(owner[k]) for k in range(len(owner))]  # row of micro-batch k on its owner
+    total = by_rank[owner[0]][0][index[0]].clone()
+    for k in range(1, len(owner)):  # the one-process order: g_0 + g_1 + ...
+        total += by_rank[owner[k]][0][index[k]]
     offset = 0
     for p in params:
         p.grad = total[offset : offset + p.numel()].view_as(p)
         offset += p.numel()
     summed = torch.zeros(n_stats, dtype=torch.float64)
     for k in range(len(owner)):
-        summed += stats[k]
+        summed += by_rank[owner[k]][1][index[k]]
     return summed
