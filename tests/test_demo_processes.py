@@ -148,8 +148,11 @@ def test_quick_demo_on_two_processes_evaluates_in_the_background_as_in_process(t
     again = Demo(DemoConfig(tmp_path / "again", quick=True, processes=1))
     again.cfg.output.mkdir()
     checkpoints = demo.results["checkpoints"]
+    assert sorted(p.name for p in (out / "eval").iterdir()) == ["rl.json", "sft.json", "stage0-own-prompt.json",
+                                                                 "stage0.json"]  # the final halves merged
     for name, stage, settings, got in (("sft", "sft", again.settings, demo.results["eval"]["sft"]),
-                                       ("own", "stage0", again.own, demo.results["stage0_own_prompt"])):  # fmt: skip
+                                       ("own", "stage0", again.own, demo.results["stage0_own_prompt"]),
+                                       ("rl", "rl", again.settings, demo.results["eval"]["rl"])):  # fmt: skip
         mine = again.evaluate(name, out / checkpoints[stage] / "model", settings=settings)
         for split in ("hard", "easy"):
             assert got[split] == mine[split], (name, split)

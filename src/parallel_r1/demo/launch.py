@@ -8,7 +8,8 @@
    resumes in the demo's own process (one process, so its sampling seeds and rollouts are those of a
    one-process run).
 2. ``EvalChild``: the held-out evaluation of finished checkpoints in one background process while the
-   GRPO stage trains; it writes ``DIR/eval/<name>.json`` as the in-process evaluation does.
+   GRPO stage trains; it writes ``DIR/eval/<name>.json`` as the in-process evaluation does. It then
+   waits for the final checkpoint and evaluates its toy-easy split while the demo evaluates toy-hard.
 
 Fail loud, never hang: a child that fails makes the demo raise with the child's traceback (training:
 each rank writes its own to ``DIR/logs/``; ``torchrun`` stops the other rank) or its log tail
@@ -123,7 +124,8 @@ def _train_worker(spec_path: str) -> None:
 
 
 class EvalChild:
-    """Evaluate ``jobs`` (name -> (model dir, settings)) of a demo in a background process."""
+    """Evaluate ``jobs`` (name -> (model dir, settings, splits)) of a demo in a background process, in
+    order; a model dir that does not exist yet (the final checkpoint) is waited for."""
 
     def __init__(self, demo, jobs: dict, threads: int):
         import pickle
@@ -165,8 +167,10 @@ def _eval_worker(spec_path: str) -> None:
     # second process sleeps while the first samples; this child fills that time)
     os.nice(10)
     demo = Demo(spec["cfg"], Console(stderr=True, force_terminal=False))
-    for name, (model_dir, settings) in spec["jobs"].items():
-        demo.evaluate(name, Path(model_dir), settings=settings)
+    for name, (model_dir, settings, splits) in spec["jobs"].items():
+        while not (Path(model_dir) / "config.json").is_file():  # a checkpoint dir appears whole (renamed)
+            time.sleep(POLL_S)
+        demo.evaluate(name, Path(model_dir), splits=splits, settings=settings)
 
 
 if __name__ == "__main__":

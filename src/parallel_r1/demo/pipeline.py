@@ -35,6 +35,7 @@ from parallel_r1.demo.teacher_stats import teacher_table
 from parallel_r1.train.data import template_text
 
 QUICK_EVAL_PROBLEMS = 16
+FINAL_EASY = f"{FINAL}.easy"  # the final checkpoint's toy-easy half, evaluated by the background process
 
 
 @dataclass
@@ -141,7 +142,12 @@ class Demo:
             with self.meter.phase("eval"):
                 # the final policy is evaluated from DIR/model, which also checks that the export loads
                 sources = {name: checkpoints[name] / "model" for name in self.names} | {FINAL: out / "model"}
+                # toy-hard here while the background process (if any) does the final toy-easy split
+                halves = background is not None and FINAL_EASY in background.names
+                hard = self.evaluate(FINAL, sources[FINAL], splits=("hard",)) if halves else None
                 done = self._background_results(background)
+                if hard is not None:
+                    done[FINAL] = self._merge_final(hard, done.pop(FINAL_EASY))
                 evals = {n: done[n] if n in done else self.evaluate(n, p) for n, p in sources.items()}
                 self.results["eval"] = evals
                 own_name = f"{FIRST}-own-prompt"
@@ -210,20 +216,36 @@ class Demo:
         return started[0]
 
     def _evaluate_sft_stages(self, n_sft: int):
+        """The background evaluation: the SFT stages' checkpoints, then (once written) the final
+        checkpoint's toy-easy split."""
         from parallel_r1.demo.launch import EvalChild
 
+        both = ("hard", "easy")
         done = stage_checkpoints(self.cfg.output, self.names[:n_sft])
-        jobs = {n: (done[n] / "model", self.settings) for n in self.names[:n_sft]}
+        jobs = {n: (done[n] / "model", self.settings, both) for n in self.names[:n_sft]}
         if FIRST in done:
-            jobs[f"{FIRST}-own-prompt"] = (done[FIRST] / "model", self.own)
+            jobs[f"{FIRST}-own-prompt"] = (done[FIRST] / "model", self.own, both)
+        steps = [s.steps for s in self.recipe.stages]
+        if None not in steps:  # the final checkpoint's name is known: step-<all steps>
+            jobs[FINAL_EASY] = (self.cfg.output / "checkpoints" / f"step-{sum(steps):06d}" / "model",
+                                self.settings, ("easy",))  # fmt: skip
         return EvalChild(self, jobs, self.cfg.threads)
+
+    def _merge_final(self, hard: dict, easy: dict) -> dict:
+        """The final checkpoint's result from its two halves (``DIR/eval/rl.json`` as one process writes it)."""
+        same = json.loads(json.dumps(hard["settings"])) == easy["settings"]  # the easy half came from JSON
+        assert same, "the two halves of the final evaluation used other settings"
+        merged = {"model": hard["model"], "hard": hard["hard"], "easy": easy["easy"], "settings": hard["settings"]}
+        (self.cfg.output / "eval" / f"{FINAL}.json").write_text(json.dumps(merged, indent=1), encoding="utf-8")
+        (self.cfg.output / "eval" / f"{FINAL_EASY}.json").unlink()
+        return merged
 
     def _background_results(self, background) -> dict:
         if background is None:
             return {}
         found = background.wait(self.cfg.output)
         for name, result in found.items():
-            self._print_eval(name, result, ("hard", "easy"))
+            self._print_eval(name, result, [s for s in ("hard", "easy") if s in result])
         return found
 
     def evaluate(self, name: str, model_dir: Path, splits: tuple[str, ...] = ("hard", "easy"),

@@ -216,6 +216,9 @@ class DataOrder:
     seed: int
     epoch: int = 0
     position: int = 0
+    # the current epoch's permutation: shuffling 16,000 row indices again for every batch took 7 ms,
+    # 14 s of the demo's 2000-step stage 0
+    _cached: tuple[int, list[int]] | None = field(default=None, repr=False, compare=False)
 
     def next_batch(self, batch_size: int) -> list[int]:
         assert 0 < batch_size <= self.size, f"batch of {batch_size} from {self.size} rows"
@@ -227,9 +230,11 @@ class DataOrder:
         return batch
 
     def _permutation(self, epoch: int) -> list[int]:
-        order = list(range(self.size))
-        random.Random(f"data-order/{self.seed}/{epoch}").shuffle(order)
-        return order
+        if self._cached is None or self._cached[0] != epoch:
+            order = list(range(self.size))
+            random.Random(f"data-order/{self.seed}/{epoch}").shuffle(order)
+            self._cached = (epoch, order)
+        return self._cached[1]
 
     def state_dict(self) -> dict:
         return {"size": self.size, "seed": self.seed, "epoch": self.epoch, "position": self.position}
