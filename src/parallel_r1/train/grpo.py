@@ -19,7 +19,9 @@ What it does, for one batch of rollouts (``n`` samples for each prompt):
 5. ``ppo_epochs`` passes over the batch, split into minibatches of whole groups in prompt order
    (the data order already shuffled the prompts), the same split every epoch as in the reference;
    one optimiser step per minibatch. Under several processes each holds every ``world_size``-th
-   prompt of the step, so minibatch k is the same set of prompts whatever the number of processes.
+   prompt of the step, so minibatch k is the same set of prompts whatever the number of processes;
+   under ``data_parallel: ordered`` each holds every prompt and trains whole micro-batches, summed in
+   the one-process order (``train/ordered.py``: the one-process update bit for bit).
 6. Rows of a micro-batch that share a prompt have it computed once per forward (``share_prompts``,
    see ``logprobs``): the same log-probs and gradients, less work. Micro-batches are still formed
    by length, so a group's rows share only when they land in the same micro-batch.
@@ -376,8 +378,8 @@ def _micro_backward(model, micro: list[_Row], cfg: GRPOConfig, run: _Pass, build
         ref = scatter_response([r.ref_logprobs for r in micro], batch.response_mask)
         kl = k3_kl(logprobs, ref)
         per_token = per_token + cfg.kl_coef * kl
-    # DDP averages gradients over processes, hence the world-size factor: the result is the
-    # gradient of (sum of all processes' token losses) / (all processes' token count).
+    # DDP averages gradients over processes, hence the world-size factor (1 under ordered, which
+    # sums): the result is the gradient of (sum of all token losses) / (all processes' token count).
     loss = (per_token * mask).sum() / n_tokens * dist.grad_scale
     dist.backward(loss)
     with torch.no_grad():
