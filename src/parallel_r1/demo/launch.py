@@ -1,12 +1,12 @@
-"""The demo's second core: child processes for the SFT stages and for the held-out evaluations.
+"""The demo's second core: child processes for training and for the held-out evaluations.
 
-1. ``train_sft_stages``: the recipe's leading SFT stages (stage 0 and the cold start, ~60% of a demo)
-   as ``processes`` data-parallel processes (``torchrun``, gloo on CPU, through the runner's accelerate
-   path). The global batch is the recipe's: each process takes every ``processes``-th row of it
-   (``train.data.shard``) and the loss is the global token mean, so an update equals the one-process
-   update up to the order of the float sums (``tests/test_demo_processes.py``). The GRPO stage then
-   resumes in the demo's own process (one process, so its sampling seeds and rollouts are those of a
-   one-process run).
+1. ``train_stages``: the recipe's stages (all, or the first N; ``train_sft_stages``: the leading SFT
+   ones) as ``processes`` processes (``torchrun``, gloo on CPU, through the runner's accelerate path).
+   Under the demo recipe's ``data_parallel: ordered`` every process holds the whole batch and the
+   updates are the one-process ones bit for bit (``train/ordered.py``); under ``ddp`` each process
+   takes every ``processes``-th row (``train.data.shard``) and an update equals the one-process one up
+   to the order of the float sums (``tests/test_demo_processes.py``). ``poll()`` is called about once a
+   second meanwhile: the demo starts its evaluation child from it once the SFT checkpoints exist.
 2. ``EvalChild``: the held-out evaluation of finished checkpoints in one background process while the
    GRPO stage trains; it writes ``DIR/eval/<name>.json`` as the in-process evaluation does. It then
    waits for the final checkpoint and evaluates its toy-easy split while the demo evaluates toy-hard.
