@@ -6,9 +6,9 @@ In order (each step a phase of the resource meter):
    ``DIR/metrics.jsonl`` and ``DIR/checkpoints/`` are the runner's own: stage 0 (pretraining),
    cold-start SFT, GRPO with the alternating reward on hard problems with easy ones mixed in. Each
    stage ends with a kept checkpoint. With ``processes`` > 1 (the default on a machine with two cores)
-   the SFT stages run as that many data-parallel processes with the same global batch (and, under the
-   demo recipe's ``data_parallel: ordered``, the same parameters bit for bit), then the GRPO stage resumes
-   in this process, while a background process evaluates the SFT stages' checkpoints (``demo.launch``);
+   every stage runs on that many processes, under the demo recipe's ``data_parallel: ordered`` with the
+   one-process parameters bit for bit (under ``ddp``: the SFT stages only, then GRPO in this process),
+   while a background process evaluates the SFT stages' checkpoints (``demo.launch``);
 3. export: the final policy (with its tokenizer) copied to ``DIR/model``;
 4. eval: every stage's checkpoint (the last one loaded from ``DIR/model``) on the fixed held-out hard
    and easy sets, same settings for all (``demo.evaluate``);
