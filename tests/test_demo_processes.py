@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -161,7 +162,31 @@ def test_a_failing_evaluation_child_raises_with_its_log(tmp_path):
     from parallel_r1.demo.pipeline import Demo, DemoConfig
 
     demo = Demo(DemoConfig(tmp_path / "demo", quick=True, processes=2))
-    child = EvalChild(demo, {"stage0": (tmp_path / "no-such-model", demo.settings)}, threads=1)
+    child = EvalChild(demo, {"stage0": (tmp_path / "no-such-model", demo.settings, ("hard",), False)}, threads=1)
     with pytest.raises(RuntimeError, match="background evaluation failed") as info:
         child.wait(demo.cfg.output)
     assert "no-such-model" in str(info.value)
+
+
+@pytest.mark.slow
+def test_an_evaluation_child_waiting_for_a_checkpoint_exits_when_the_demo_is_gone(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    script = f"""
+from pathlib import Path
+from parallel_r1.demo.launch import EvalChild
+from parallel_r1.demo.pipeline import Demo, DemoConfig
+demo = Demo(DemoConfig(Path({str(tmp_path / "demo")!r}), quick=True, processes=2))
+child = EvalChild(demo, {{"rl.easy": (Path({str(tmp_path / "never")!r}), demo.settings, ("easy",), True)}}, threads=1)
+print(child.proc.pid, flush=True)
+"""  # the demo process starts a child that waits for a checkpoint, then exits without a word
+    demo = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    pid = int(demo.stdout.split()[-1])
+    status = Path(f"/proc/{pid}/status")
+    deadline = time.monotonic() + 60
+    while status.is_file() and "\tZ" not in status.read_text() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not status.is_file() or "\tZ" in status.read_text(), "the orphaned evaluation child is still waiting"
+    assert "the demo process exited before" in (tmp_path / "demo" / "logs" / "eval.log").read_text()

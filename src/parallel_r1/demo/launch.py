@@ -124,8 +124,9 @@ def _train_worker(spec_path: str) -> None:
 
 
 class EvalChild:
-    """Evaluate ``jobs`` (name -> (model dir, settings, splits)) of a demo in a background process, in
-    order; a model dir that does not exist yet (the final checkpoint) is waited for."""
+    """Evaluate ``jobs`` (name -> (model dir, settings, splits, wait)) of a demo in a background
+    process, in order; with ``wait`` set a model dir that does not exist yet (the final checkpoint) is
+    waited for, else a missing one fails the child."""
 
     def __init__(self, demo, jobs: dict, threads: int):
         import pickle
@@ -134,7 +135,7 @@ class EvalChild:
         logs.mkdir(parents=True, exist_ok=True)
         self.names, self.log = list(jobs), logs / "eval.log"
         spec = logs / "eval-spec.pkl"
-        spec.write_bytes(pickle.dumps({"cfg": demo.cfg, "jobs": jobs}))
+        spec.write_bytes(pickle.dumps({"cfg": demo.cfg, "jobs": jobs, "parent": os.getpid()}))
         cmd = [sys.executable, "-m", "parallel_r1.demo.launch", "eval", str(spec)]
         with self.log.open("w", encoding="utf-8") as out:
             self.proc = subprocess.Popen(cmd, env=child_env(threads), stdout=out, stderr=subprocess.STDOUT)
@@ -167,8 +168,11 @@ def _eval_worker(spec_path: str) -> None:
     # second process sleeps while the first samples; this child fills that time)
     os.nice(10)
     demo = Demo(spec["cfg"], Console(stderr=True, force_terminal=False))
-    for name, (model_dir, settings, splits) in spec["jobs"].items():
-        while not (Path(model_dir) / "config.json").is_file():  # a checkpoint dir appears whole (renamed)
+    parent = spec["parent"]  # the demo process (it may be gone already when this child starts)
+    for name, (model_dir, settings, splits, wait) in spec["jobs"].items():
+        while wait and not (Path(model_dir) / "config.json").is_file():  # a checkpoint appears whole (renamed)
+            if os.getppid() != parent:  # the demo is gone (killed): nobody will write it or read the result
+                raise SystemExit(f"the demo process exited before {model_dir} was written")
             time.sleep(POLL_S)
         demo.evaluate(name, Path(model_dir), splits=splits, settings=settings)
 

@@ -222,13 +222,13 @@ class Demo:
 
         both = ("hard", "easy")
         done = stage_checkpoints(self.cfg.output, self.names[:n_sft])
-        jobs = {n: (done[n] / "model", self.settings, both) for n in self.names[:n_sft]}
+        jobs = {n: (done[n] / "model", self.settings, both, False) for n in self.names[:n_sft]}
         if FIRST in done:
-            jobs[f"{FIRST}-own-prompt"] = (done[FIRST] / "model", self.own, both)
+            jobs[f"{FIRST}-own-prompt"] = (done[FIRST] / "model", self.own, both, False)
         steps = [s.steps for s in self.recipe.stages]
         if None not in steps:  # the final checkpoint's name is known: step-<all steps>
             jobs[FINAL_EASY] = (self.cfg.output / "checkpoints" / f"step-{sum(steps):06d}" / "model",
-                                self.settings, ("easy",))  # fmt: skip
+                                self.settings, ("easy",), True)  # fmt: skip
         return EvalChild(self, jobs, self.cfg.threads)
 
     def _merge_final(self, hard: dict, easy: dict) -> dict:
