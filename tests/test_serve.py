@@ -23,6 +23,7 @@ import torch
 from parallel_r1.engine.engine import Engine
 from parallel_r1.eval.loading import load_model
 from parallel_r1.serve import Limits, OpenAIServer, ServeOptions
+from processes import stop
 from test_eval_fixtures import ScriptedPolicy, save_tiny_model
 
 SCRIPTED = "a<Parallel><Path>aa</Path><Path>aaa</Path></Parallel><Summary>a</Summary>\nFinal Answer: 42"
@@ -303,11 +304,5 @@ def test_cli_serve_binds_loopback_and_answers(model_dir, sig):
         assert json.loads(conn.getresponse().read())["data"][0]["id"] == model_dir.name
         conn.close()
     finally:
-        proc.send_signal(sig)
-        try:
-            code = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = None
-        rest = proc.stderr.read()
+        code, rest = stop(proc, sig, timeout=30)
     assert code == 0 and "shutting down" in rest, f"serve did not stop cleanly on {sig!r} (exit {code}): {rest[-2000:]}"

@@ -30,6 +30,7 @@ from parallel_r1.data.toy_model import build_tiny_model
 from parallel_r1.data.toy_tokenizer import build_toy_tokenizer
 from parallel_r1.eval.resume import ResumeError, ResumeState
 from parallel_r1.eval.run import EvalConfig
+from processes import stop
 from test_train_runner import _signal_after, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,13 +66,7 @@ def server(model_dir):
         assert "serving" in line, "serve did not start:\n" + "".join(seen[-30:])
         yield int(line.rsplit(":", 1)[1].split("/")[0]), line
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            code = proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = None
-        rest = proc.stderr.read()
+        code, rest = stop(proc, signal.SIGINT, timeout=60)
     assert code == 0 and "shutting down" in rest, f"serve --backend vllm did not stop cleanly (exit {code}): {rest[-2000:]}"
 
 

@@ -29,9 +29,9 @@ def demo(
     ablation_seeds: Annotated[int, typer.Option(min=1, help="Seeds per ablation arm (0..N-1).")] = 3,
     threads: Annotated[int, typer.Option(min=1, help="torch threads (1 is fastest for the tiny model).")] = 1,
     processes: Annotated[
-        int | None, typer.Option(min=1, help="Processes: the SFT stages data-parallel (the same model bit for "
-                                 "bit), evaluation beside RL. Default: 2 on a machine with 2+ cores; 1 stays on one "
-                                 "core, one stage after another.")
+        int | None, typer.Option(min=1, help="Processes: every stage data-parallel (the one-process model bit "
+                                 "for bit), evaluation beside it. Default: 2 on a machine with 2+ cores; 1 stays on "
+                                 "one core, one stage after another.")
     ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Recipe override key.path=value (repeatable).")

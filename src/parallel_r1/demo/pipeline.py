@@ -55,11 +55,11 @@ class DemoConfig:
     # pay off, and on a 2-core machine with any other load the thread pool's waits made training and
     # generation 10-50x slower in our measurements (README of the demo; report.json records the value).
     threads: int = 1
-    # processes for the SFT stages (data parallel) and for evaluating beside the GRPO stage; 1 runs
-    # everything in this process, one stage after another. Default: two where the machine has two
-    # cores. The recipe's ``data_parallel: ordered`` makes the two-process SFT stages end at the
-    # one-process parameters bit for bit (train/ordered.py), so the figures do not depend on it; a
-    # user on a shared machine passes --processes 1 to stay on one core.
+    # processes for training (data parallel) and for evaluating beside it; 1 runs everything in this
+    # process, one stage after another. Default: two where the machine has two cores. The recipe's
+    # ``data_parallel: ordered`` makes every stage end at the one-process parameters bit for bit
+    # (train/ordered.py), so the figures do not depend on it; a user on a shared machine passes
+    # --processes 1 to stay on one core.
     processes: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
 
     def __post_init__(self) -> None:

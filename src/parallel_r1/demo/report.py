@@ -282,11 +282,11 @@ def resources_md(res: dict | None) -> list[str]:
 def _processes_md(processes: int, data_parallel: str) -> list[str]:
     if processes == 1:
         return []
-    how = ("ordered: the one-process parameters bit for bit" if data_parallel == "ordered"
-           else "ddp: the one-process update up to the order of float sums")  # fmt: skip
-    return ["", f"{processes} processes: the SFT stages ran data-parallel on {processes} processes ({how}); "
-            "the SFT stages' checkpoints were evaluated in a background process while the RL stage trained "
-            "(inside the train phase's wall time; the CPU times include the children's)."]
+    how = ("every stage, data_parallel ordered: the one-process parameters bit for bit" if data_parallel == "ordered"
+           else "the SFT stages, data_parallel ddp: the one-process update up to the order of float sums")  # fmt: skip
+    return ["", f"{processes} processes: {how}; the SFT stages' checkpoints were evaluated in a background "
+            "process while the RL stage trained (inside the train phase's wall time; the CPU times include the "
+            "children's)."]
 
 
 def write_markdown(demo, report: dict) -> Path:

@@ -176,7 +176,7 @@ class Recipe:
     # Under several processes: "ddp" (each process a share of the batch, gradients all-reduced: the
     # update equals the one-process one up to the order of float sums) or "ordered" (every process
     # holds the whole batch, computes whole micro-batches and sums their gradients in one-process
-    # order: SFT stages end at the one-process parameters bit for bit, for an all-reduce of
+    # order: every stage ends at the one-process parameters bit for bit, for an all-gather of
     # micro-batches x parameters floats a step; small models only; train/ordered.py).
     data_parallel: Literal["ddp", "ordered"] = "ddp"
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

@@ -51,11 +51,6 @@ class Dist:
         whose gradients are summed, not averaged."""
         return 1 if self.ordered else self.world_size
 
-    def all_reduce_sum(self, t: torch.Tensor) -> None:
-        """In-place element-wise sum over processes of a tensor of any size (a no-op for one)."""
-        if self.world_size > 1:
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
-
     def all_gather(self, t: torch.Tensor) -> list[torch.Tensor]:
         """Every process's ``t`` (same shape everywhere), in rank order."""
         if self.world_size == 1:
@@ -82,8 +77,10 @@ class Dist:
 
     def any(self, flag: bool) -> bool:
         """True on every process when ``flag`` is True on any (e.g. a Ctrl-C seen by one of them)."""
-        t = torch.tensor([float(flag)], dtype=torch.float64)
-        self.all_reduce_sum(t)
+        if self.world_size == 1:  # not ``sum``: under ordered that is this process's own value
+            return flag
+        t = torch.tensor([float(flag)], dtype=torch.float64, device=self.device)  # NCCL: on the GPU
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
         return bool(t[0] > 0)
 
     def backward(self, loss: torch.Tensor) -> None:

@@ -56,7 +56,7 @@ from parallel_r1.train.batching import TrainBatch, scatter_response
 from parallel_r1.train.dist import Dist
 from parallel_r1.train.logprobs import response_logprobs
 from parallel_r1.train.optim import clip_and_step
-from parallel_r1.train.ordered import accumulate_in_order, owners
+from parallel_r1.train.ordered import accumulate_in_order, owners, padded_tokens
 
 # (prompts, responses) -> TrainBatch, with tag ids, mode and padding already bound.
 BatchBuilder = Callable[[Sequence[Sequence[int]], Sequence[Sequence[int]]], TrainBatch]
@@ -165,6 +165,9 @@ class _Row:
     old_logprobs: list[float] | None = None  # None until filled (first minibatch: by its training forward)
     ref_logprobs: list[float] = field(default_factory=list)
 
+    def __len__(self) -> int:
+        return len(self.prompt_ids) + len(self.response_ids)
+
 
 @dataclass
 class GRPOStats:
@@ -270,7 +273,7 @@ def _minibatches(rows: list[_Row], groups_per_step: int | None, micro_batch_size
     plan = []
     for start in range(0, len(groups), size):
         mb_rows = [row for g in groups[start : start + size] for row in g]
-        mb_rows.sort(key=lambda r: len(r.prompt_ids) + len(r.response_ids), reverse=True)
+        mb_rows.sort(key=len, reverse=True)
         step = micro_batch_size
         plan.append([mb_rows[i : i + step] for i in range(0, len(mb_rows), step)])
     return plan
@@ -291,7 +294,7 @@ def _fill_old_logprobs(model, ref_model, plan, run: _Pass, build: BatchBuilder, 
     for k, minibatch in enumerate(plan):
         if k == 0 and ref_model is None:
             continue
-        owner = owners(_costs(minibatch), dist.world_size) if dist.ordered else [dist.rank] * len(minibatch)
+        owner = owners(padded_tokens(minibatch), dist.world_size) if dist.ordered else [dist.rank] * len(minibatch)
         for j, micro in enumerate(minibatch):
             if owner[j] != dist.rank:
                 continue
@@ -309,11 +312,6 @@ def _fill_old_logprobs(model, ref_model, plan, run: _Pass, build: BatchBuilder, 
                 row.ref_logprobs = ref if ref is not None else row.ref_logprobs
 
 
-def _costs(minibatch: list[list[_Row]]) -> list[int]:
-    """Padded tokens of each micro-batch: what ordered data parallelism balances."""
-    return [len(micro) * max(len(r.prompt_ids) + len(r.response_ids) for r in micro) for micro in minibatch]
-
-
 def _minibatch_step(model, optimizer, minibatch, cfg: GRPOConfig, run: _Pass, build, dist: Dist) -> dict | None:
     """Accumulate the token-mean loss over the micro-batches, then one optimiser step."""
     local_tokens = sum(sum(r.loss_mask) for micro in minibatch for r in micro)
@@ -323,7 +321,7 @@ def _minibatch_step(model, optimizer, minibatch, cfg: GRPOConfig, run: _Pass, bu
     optimizer.zero_grad(set_to_none=True)
     if dist.ordered:  # train/ordered.py: whole micro-batches per process, gradients summed in order
         pending = [j for j, micro in enumerate(minibatch) if micro[0].old_logprobs is None]
-        sums = accumulate_in_order(model, _costs(minibatch), lambda j: _micro_backward(
+        sums = accumulate_in_order(model, padded_tokens(minibatch), lambda j: _micro_backward(
             model, minibatch[j], cfg, run, build, dist, n_tokens), 7, dist)  # fmt: skip
         _share_first_old_logprobs(minibatch, pending, dist)
     else:

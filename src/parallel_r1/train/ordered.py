@@ -39,6 +39,11 @@ def owners(costs: Sequence[float], world: int) -> list[int]:
     return owner
 
 
+def padded_tokens(micros: Sequence[Sequence]) -> list[int]:
+    """Each micro-batch's rows x its longest row (rows have a ``len``): the cost ``owners`` balances."""
+    return [len(micro) * max(len(row) for row in micro) for micro in micros]
+
+
 def accumulate_in_order(
     model: torch.nn.Module,
     costs: Sequence[float],
@@ -57,7 +62,7 @@ def accumulate_in_order(
     mine = [k for k, rank in enumerate(owner) if rank == dist.rank]
     rows = max(owner.count(r) for r in range(dist.world_size))  # the most micro-batches any process owns
     grads = params[0].new_zeros(rows, sum(p.numel() for p in params))  # (rows, parameters): mine, padded
-    stats = torch.zeros(rows, n_stats, dtype=torch.float64)
+    stats = grads.new_zeros(rows, n_stats, dtype=torch.float64)  # on the gradients' device (NCCL)
     for i, k in enumerate(mine):
         for p in params:
             p.grad = None
@@ -76,5 +81,5 @@ def accumulate_in_order(
         offset += p.numel()
     summed = torch.zeros(n_stats, dtype=torch.float64)
     for k in range(len(owner)):
-        summed += by_rank[owner[k]][1][index[k]]
+        summed += by_rank[owner[k]][1][index[k]].cpu()
     return summed

@@ -23,7 +23,7 @@ from parallel_r1.train.dist import Dist
 from parallel_r1.train.grpo import BatchBuilder
 from parallel_r1.train.logprobs import response_logprobs
 from parallel_r1.train.optim import clip_and_step
-from parallel_r1.train.ordered import accumulate_in_order
+from parallel_r1.train.ordered import accumulate_in_order, padded_tokens
 
 
 @dataclass
@@ -82,8 +82,7 @@ def sft_step(
         return torch.tensor([float(token_loss.detach()), batch.num_tokens], dtype=torch.float64)
 
     if dist.ordered:
-        costs = [len(m) * max(len(p) for p in m) for m in micros]  # padded tokens
-        total = accumulate_in_order(model, costs, backward, 2, dist)
+        total = accumulate_in_order(model, padded_tokens(micros), backward, 2, dist)
     else:
         sums = torch.zeros(2, dtype=torch.float64)
         for k in range(len(micros)):

@@ -103,8 +103,7 @@ def sft_train_step(ctx: StepContext, stage: SFTStage, data: StageData, order: Da
     rows = [data.items[i] for i in order.next_batch(stage.batch_size)]
     # Longest first before sharding: every process gets a similar mix of lengths.
     rows.sort(key=len, reverse=True)
-    # ordered data parallelism: every process holds the whole batch and computes some micro-batches
-    mine = rows if ctx.dist.ordered else shard(rows, ctx.dist.rank, ctx.dist.world_size)
+    mine = _share(rows, ctx.dist)
     cfg = SFTConfig(micro_batch_size=stage.micro_batch_size, max_grad_norm=stage.optimizer.max_grad_norm)
     out = sft_step(ctx.model, ctx.optimizer, mine, cfg, ctx.build, ctx.dist)
     elapsed = time.perf_counter() - start
@@ -135,12 +134,11 @@ def grpo_train_step(ctx: StepContext, stage: GRPOStage, data: StageData, order: 
                     stage_step: int, global_step: int) -> dict:  # fmt: skip
     start = time.perf_counter()
     items = [data.items[i] for i in order.next_batch(stage.batch_size)]
+    mine = _share(items, ctx.dist)
     if ctx.dist.ordered:  # process 0 samples the whole batch as one process would; the others wait
-        mine = items
-        sampled = _sample(ctx, stage, mine, stage_step, global_step) if ctx.dist.is_main else None
-        rollouts, verdicts = ctx.dist.broadcast_object(sampled)
+        rollouts, verdicts = ctx.dist.broadcast_object(_sample(ctx, stage, mine, stage_step, global_step)
+                                                       if ctx.dist.is_main else None)  # fmt: skip
     else:
-        mine = shard(items, ctx.dist.rank, ctx.dist.world_size)
         rollouts, verdicts = _sample(ctx, stage, mine, stage_step, global_step)
     generated = time.perf_counter()
     reward = get_reward(stage.reward.name, **stage.reward.params)
@@ -161,6 +159,12 @@ def grpo_train_step(ctx: StepContext, stage: GRPOStage, data: StageData, order: 
         "update_time_s": end - generated,
         "tokens_per_s": stats.tokens / (end - start),
     }
+
+
+def _share(items: Sequence, dist: Dist) -> list:
+    """This process's items of a global batch: every ``world_size``-th one, or all of them under
+    ordered data parallelism (each process holds the batch and computes some micro-batches)."""
+    return list(items) if dist.ordered else shard(items, dist.rank, dist.world_size)
 
 
 def _sample(ctx: StepContext, stage: GRPOStage, mine: Sequence[PromptItem], stage_step: int, global_step: int):
